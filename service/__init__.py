@@ -1,0 +1,1 @@
+"""OMR bubble classification service: ONNX Runtime behind FastAPI. Imports no torch."""

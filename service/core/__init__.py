@@ -1,0 +1,1 @@
+"""The inference core: model config, preprocessing, runtime, batching. Knows nothing of HTTP."""

@@ -1,0 +1,94 @@
+"""The service's one settings class. Every knob is an `OMR_`-prefixed environment variable (or `.env`);
+`python -m service` flags override them. Tests build `Settings(...)` directly and pass it to `create_app`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUNDLED_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
+
+Provider = Literal["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OMR_", env_file=".env", extra="ignore", frozen=True)
+
+    # --- server ---
+    host: str = Field("127.0.0.1", description="Bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="Bind port.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
+
+    # --- model repository ---
+    model_repository: Path = Field(BUNDLED_REPOSITORY, description="Triton-style <name>/<version>/ folder.")
+    default_model: str = Field("omr-bubble", description="Model served when a request names none.")
+    default_version: str | None = Field(None, description="Version served by default; None = highest.")
+    model_variant: Literal["fp32", "int8", "fp16"] = Field(
+        "fp32", description="Which ONNX file of the version to load (falls back to fp32 if absent)."
+    )
+
+    # --- runtime ---
+    providers: list[Provider] = Field(
+        default=["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="Execution providers in preference order; those not installed are skipped.",
+    )
+    require_provider: Provider | None = Field(
+        None, description="If set, readiness fails unless this provider is actually active after loading."
+    )
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session.")
+    preprocess_threads: int = Field(1, ge=1, le=64, description="Threads that decode/preprocess crops.")
+    trt_cache_dir: Path = Field(Path("/tmp/omr-trt-cache"), description="TensorRT engine + timing cache dir.")
+
+    # --- batching and admission ---
+    max_batch_size: int = Field(256, ge=1, le=4096, description="Rows (crops x TTA views) per model call.")
+    max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch after its 1st row.")
+    max_batches_in_flight: int = Field(2, ge=1, le=64, description="Model calls running at once.")
+    queue_limit: int = Field(16384, ge=1, description="Rows waiting for a batch; beyond it requests get 429.")
+    request_timeout_s: float = Field(10.0, gt=0, le=600, description="Per-request deadline; then 504.")
+    tta_default: bool | None = Field(None, description="TTA when a request does not say; None = model config.")
+
+    # --- request limits (enforced before decoding) ---
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_crops_per_request: int = Field(4096, ge=1, description="Most crops in one request.")
+
+    # --- security ---
+    auth_token: SecretStr | None = Field(None, description="Bearer token for classify/infer; None = open.")
+    auth_token_file: Path | None = Field(None, description="File holding the bearer token (k8s secret).")
+    auth_health: bool = Field(False, description="Require the token on health endpoints too.")
+    auth_metrics: bool = Field(False, description="Require the token on /metrics too.")
+
+    # --- shutdown ---
+    drain_timeout_s: float = Field(20.0, ge=0, le=600, description="After SIGTERM: time to finish queued work.")
+
+    @field_validator("providers")
+    @classmethod
+    def _cpu_last_resort(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("providers must name at least one execution provider")
+        if len(set(v)) != len(v):
+            raise ValueError("providers must not repeat")
+        return v
+
+    @model_validator(mode="after")
+    def _token_source(self) -> Settings:
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise ValueError("set auth_token or auth_token_file, not both")
+        if self.auth_token is not None and len(self.auth_token.get_secret_value()) < 16:
+            raise ValueError("auth_token must be at least 16 characters")
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The configured token, read from the secret file if one is named."""
+        if self.auth_token_file is not None:
+            return self.auth_token_file.read_text().strip() or None
+        return self.auth_token.get_secret_value() if self.auth_token else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
