@@ -1,0 +1,71 @@
+"""Logits -> calibrated decisions. Shared by the service and `models.evaluate` (served = measured)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.modelconfig import ModelConfig
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) in float64-free, numerically stable form: [N, C] -> [N, C] float32."""
+    z = logits.astype(np.float32, copy=False) / np.float32(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One crop's answer (the service adds the id)."""
+
+    label: str
+    confidence: float
+    marked: bool
+    marked_probability: float
+    probabilities: dict[str, float]
+    review_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def review(self) -> bool:
+        return bool(self.review_reasons)
+
+
+def decide(
+    probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.ndarray | None = None
+) -> list[Decision]:
+    """Calibrated probabilities [N, C] -> one Decision per row under a binary `profile`.
+
+    marked_probability sums the profile's marked classes; `marked` is marked_probability >= 0.5 (so the
+    binary decision can differ from "is the top class a marked class" when mass is split, by design).
+    """
+    mask = np.asarray(config.marked_mask(profile), dtype=bool)
+    marked_p = probs[:, mask].sum(axis=1)
+    top = probs.argmax(axis=1)
+    conf = probs[np.arange(len(probs)), top]
+    rv = config.review
+    out: list[Decision] = []
+    classes = config.classes
+    for i in range(len(probs)):
+        reasons: list[str] = []
+        if conf[i] < rv.min_confidence:
+            reasons.append("low_confidence")
+        if abs(float(marked_p[i]) - 0.5) * 2.0 < rv.min_binary_margin:
+            reasons.append("small_binary_margin")
+        if tta_agree is not None and rv.tta_disagreement and not tta_agree[i]:
+            reasons.append("tta_disagreement")
+        mp = float(min(1.0, marked_p[i]))
+        out.append(
+            Decision(
+                label=classes[int(top[i])],
+                confidence=float(conf[i]),
+                marked=mp >= 0.5,
+                marked_probability=mp,
+                probabilities={c: float(p) for c, p in zip(classes, probs[i], strict=True)},
+                review_reasons=reasons,
+            )
+        )
+    return out
