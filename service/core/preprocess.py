@@ -106,7 +106,7 @@ def prepare_raw(tensor: np.ndarray, inp: InputSpec) -> np.ndarray:
     """A raw uint8 [N,H,W] batch (the octet-stream fast path) -> uint8 [N, h, w] at model size."""
     if tensor.ndim != 3 or tensor.dtype != np.uint8:
         raise CropError("bad_shape", f"raw tensor must be uint8 [N,H,W], got {tensor.dtype} {list(tensor.shape)}")
-    n, h, w = tensor.shape
+    _n, h, w = tensor.shape
     check_side(w, h)
     if (h, w) == (inp.height, inp.width):
         return tensor

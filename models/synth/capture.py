@@ -1,0 +1,66 @@
+"""The capture: what a scanner or a phone camera does to the printed-and-marked canvas.
+
+Applied at the crop's *native* size (16-128 px), because blur, noise, JPEG blocks and 1-bit thresholding
+happen at the resolution the engine cropped from, before the service resizes to the model input.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def geometry(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Small rotation, shear and scale about the centre (skewed sheets, phone perspective)."""
+    size = canvas.shape[0]
+    ang = rng.normal(0, 3.0) if rng.random() < 0.8 else rng.uniform(-10, 10)
+    m = cv2.getRotationMatrix2D((size / 2, size / 2), ang, rng.uniform(0.97, 1.03))
+    m[0, 1] += rng.normal(0, 0.03)
+    m[1, 0] += rng.normal(0, 0.03)
+    return cv2.warpAffine(canvas, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma < 0.15:
+        return img
+    k = int(2 * round(3 * sigma) + 1)
+    return cv2.GaussianBlur(img, (k, k), sigma)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, enc = cv2.imencode(".jpg", np.clip(img * 255, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 if ok else img
+
+
+def capture(canvas: np.ndarray, native: int, rng: np.random.Generator) -> np.ndarray:
+    """Float reflectance canvas -> uint8 grayscale crop of side `native` as a scan/photo would give it."""
+    mode = rng.choice(["scan", "photo", "bilevel"], p=[0.4, 0.45, 0.15])
+    img = geometry(canvas, rng)
+    if mode == "photo" and rng.random() < 0.5:  # optics blur before sampling
+        img = _blur(img, rng.uniform(0.5, 2.0) * canvas.shape[0] / native)
+    if mode == "photo" and rng.random() < 0.35:  # captured at lower resolution, upscaled by the engine
+        low = max(8, int(native / rng.uniform(1.3, 2.5)))
+        img = cv2.resize(img, (low, low), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(img, (native, native), interpolation=cv2.INTER_LINEAR)
+    else:
+        img = cv2.resize(img, (native, native), interpolation=cv2.INTER_AREA)
+    if mode == "bilevel":
+        # 1-bit scans: threshold between paper and ink; optional scanner speckle
+        img = _blur(img, rng.uniform(0.0, 0.5))
+        # threshold between the darkest print/ink and the paper, so the darkest strokes always survive
+        dark, paper_level = np.percentile(img, 1), np.percentile(img, 60)
+        img = (img > dark + rng.uniform(0.45, 0.8) * (paper_level - dark)).astype(np.float32)
+        if rng.random() < 0.3:
+            speck = rng.random(img.shape) < rng.uniform(0.0, 0.01)
+            img[speck] = 1.0 - img[speck]
+        return (img * 255).astype(np.uint8)
+    img = _blur(img, rng.uniform(0.0, 0.7) if mode == "scan" else rng.uniform(0.2, 1.0))
+    # exposure: gamma, then a compressed tonal range (photos rarely hit pure black or white)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.5)
+    lo = rng.uniform(0.0, 0.12) if mode == "scan" else rng.uniform(0.0, 0.3)
+    hi = rng.uniform(0.85, 1.0) if mode == "scan" else rng.uniform(0.7, 1.0)
+    img = lo + (hi - lo) * img
+    img = img + rng.normal(0, rng.uniform(0.0, 0.02 if mode == "scan" else 0.035), img.shape).astype(np.float32)
+    if rng.random() < 0.6:
+        img = _jpeg(np.clip(img, 0, 1), int(rng.integers(35, 95)))
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
