@@ -1,0 +1,160 @@
+"""The benchmark behind the README's figures: `python -m loadtest.bench [--out DIR]`.
+
+One run, one machine, in this order:
+1. in-process ceiling: ONNX Runtime alone on every CPU variant of the bundled model (1 intra-op thread,
+   batch 1..1024), and the service's decode + preprocess + inference, in crops/s per core;
+2. the real service (`python -m service` on 127.0.0.1) under wrk: sheets (64 base64-PNG crops, 8 clients),
+   single crops (64 clients), raw-tensor sheets and one 100-crop sheet at a time (idle latency), with
+   batching on (default settings) and off (OMR_MAX_BATCH_SIZE=1, OMR_MAX_DELAY_MS=0);
+3. the service's fraction of the ceiling and the issue's targets, pass or miss.
+Writes `bench.json` and `bench.md` to the output folder and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime as ort
+import orjson
+
+from loadtest import ceiling, report, scenarios, server, wrkrun
+from loadtest.crops import CropPool
+from service.core.modelconfig import list_versions, load_config
+from service.settings import BUNDLED_REPOSITORY
+
+BATCHING_OFF = {"OMR_MAX_BATCH_SIZE": "1", "OMR_MAX_DELAY_MS": "0"}
+
+
+def machine() -> dict[str, object]:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_avg_1m_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
+    config = load_config(version_dir)
+    out: dict[str, object] = {}
+    for variant, path in ceiling.variants(version_dir).items():
+        sess = ceiling.session(path)
+        rates = ceiling.model_rates(sess, config, pool.raw, args.batch_sizes, args.min_cpu_s)
+        top = ceiling.best(rates)
+        pipes = {}
+        for b in sorted({args.sheet_crops, top.batch}):
+            prep, full = ceiling.pipeline_rate(sess, config, pool.b64, b, args.min_cpu_s)
+            pipes[str(b)] = {"preprocess": prep.to_dict(), "pipeline": full.to_dict()}
+        out[variant] = {
+            "file": path.name,
+            "model": [r.to_dict() for r in rates],
+            "best_batch": top.batch,
+            "best_crops_per_s_per_core": top.per_core,
+            "pipeline": pipes,
+        }
+        print(f"[ceiling] {variant}: best {top.per_core:,.0f} crops/s/core at batch {top.batch}", flush=True)
+    return out
+
+
+def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
+    sheet = scenarios.sheets_json(pool, args.sheet_crops, args.sheet_clients)
+    single = scenarios.single_json(pool, args.single_clients)
+    raw = scenarios.sheets_raw(pool, args.sheet_crops, args.sheet_clients)
+    idle = scenarios.sheets_json(pool, args.idle_crops, 1, n_bodies=8, name="idle-sheet")
+    modes = {
+        "batching_on": ({}, [sheet, single, raw, idle]),
+        "batching_off": (BATCHING_OFF, [sheet, single]),
+    }
+    base_env = {"OMR_MODEL_VARIANT": args.variant}
+    out: dict[str, object] = {}
+    for mode, (env, shapes) in modes.items():
+        log = Path(args.out) / f"service-{mode}.log"
+        with server.running({**base_env, **env}, log_path=log) as svc:
+            rows = []
+            for sc in shapes:
+                row = scenarios.measure(svc, sc, args.duration, args.warmup)
+                rows.append(row)
+                print(
+                    f"[service] {mode} {sc.name}: {row['crops_per_s']:,.0f} crops/s, "
+                    f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, failed {row['failed']}",
+                    flush=True,
+                )
+            out[mode] = {"env": env, "scenarios": rows}
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n")[0])
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    p.add_argument("--out", type=Path, default=Path("runs") / f"bench-{stamp}", help="output folder")
+    p.add_argument("--model", default="omr-bubble", help="model name in the bundled repository")
+    p.add_argument("--version", default=None, help="model version (default: highest)")
+    p.add_argument("--variant", default="fp32", help="variant the service serves (OMR_MODEL_VARIANT)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
+    p.add_argument("--min-cpu-s", type=float, default=1.0, help="CPU-seconds per in-process measurement")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=list(ceiling.BATCH_SIZES))
+    p.add_argument("--sheet-crops", type=int, default=64)
+    p.add_argument("--sheet-clients", type=int, default=8)
+    p.add_argument("--single-clients", type=int, default=64)
+    p.add_argument("--idle-crops", type=int, default=100)
+    p.add_argument("--crop-source", choices=["synth", "real"], default="synth")
+    p.add_argument("--pool", type=int, default=1024, help="distinct crops to draw requests from")
+    p.add_argument("--skip-service", action="store_true", help="in-process ceiling only")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    version = args.version or list_versions(BUNDLED_REPOSITORY, args.model)[-1]
+    version_dir = BUNDLED_REPOSITORY / args.model / version
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    print(f"[bench] building {args.pool} {args.crop_source} crops ...", flush=True)
+    pool = CropPool.build(args.pool, seed=0, source=args.crop_source)
+    result: dict[str, object] = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": f"{args.model}/{version}",
+        "service_variant": args.variant,
+        "crop_source": args.crop_source,
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    }
+    result["ceiling"] = run_ceiling(version_dir, pool, args)
+    rc = 0
+    if args.skip_service:
+        result["service"] = {"skipped": "--skip-service"}
+    else:
+        try:
+            wrkrun.wrk_path()
+            result["service"] = run_service(pool, args)
+        except wrkrun.WrkMissingError as exc:
+            print(f"[bench] {exc}", file=sys.stderr)
+            result["service"] = {"skipped": str(exc)}
+            rc = 2
+    result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    result["summary"] = report.summarise(result)
+    (args.out / "bench.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    md = report.markdown(result)
+    (args.out / "bench.md").write_text(md)
+    print(md)
+    print(f"[bench] wrote {args.out}/bench.md and bench.json in {result['elapsed_s']} s", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

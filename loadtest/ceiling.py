@@ -1,0 +1,143 @@
+"""The in-process ceiling: ONNX Runtime alone, and with the service's decode + preprocessing, on one core.
+
+Everything runs in the calling thread (1 intra-op thread, sequential execution: ORT then runs the graph on
+the caller's thread), so `time.thread_time()` counts exactly the CPU the work used. "crops/s/core" is
+crops per CPU-second of that thread: it does not drop when other processes share the machine, which wall
+time would. Wall-clock crops/s are reported next to it as a cross-check.
+
+Decode + preprocess is exactly the service's code path per crop: base64 -> `decode_image` ->
+`prepare` (resize) -> `normalize`, then one `session.run` per batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.modelconfig import ModelConfig, load_config, verified_model_path
+from service.core.preprocess import decode_image, normalize, prepare
+
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class Rate:
+    label: str
+    batch: int
+    crops: int
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def per_core(self) -> float:
+        """Crops per CPU-second of the measuring thread."""
+        return self.crops / self.cpu_s if self.cpu_s > 0 else 0.0
+
+    @property
+    def wall(self) -> float:
+        return self.crops / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "crops_per_s_per_core": self.per_core, "crops_per_s_wall": self.wall}
+
+
+def session(path: Path) -> ort.InferenceSession:
+    """A CPU session exactly as a 1-thread service worker gets it."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def input_dtype(sess: ort.InferenceSession) -> str:
+    return "float16" if sess.get_inputs()[0].type == "tensor(float16)" else "float32"
+
+
+def _measure(label: str, batch: int, step: Callable[[], int], min_cpu_s: float, max_calls: int) -> Rate:
+    """Call `step` (returns crops done) until `min_cpu_s` of thread CPU or `max_calls`, after one warm-up."""
+    step()
+    crops, calls = 0, 0
+    c0, w0 = time.thread_time(), time.perf_counter()
+    while calls < max_calls:
+        crops += step()
+        calls += 1
+        if time.thread_time() - c0 >= min_cpu_s:
+            break
+    return Rate(label, batch, crops, time.thread_time() - c0, time.perf_counter() - w0)
+
+
+def model_rates(
+    sess: ort.InferenceSession, config: ModelConfig, x_u8: np.ndarray, batch_sizes: Sequence[int], min_cpu_s: float
+) -> list[Rate]:
+    """ORT alone: pre-normalised float input [B,1,H,W] per batch size."""
+    name, dtype = config.input.name, input_dtype(sess)
+    out: list[Rate] = []
+    for b in batch_sizes:
+        reps = -(-b // len(x_u8))
+        x = normalize(np.concatenate([x_u8] * reps)[:b], config.preprocess, dtype)
+
+        def step(x: np.ndarray = x, b: int = b) -> int:
+            sess.run(None, {name: x})
+            return b
+
+        out.append(_measure("model", b, step, min_cpu_s, max_calls=100_000))
+    return out
+
+
+def pipeline_rate(
+    sess: ort.InferenceSession, config: ModelConfig, b64: Sequence[str], batch: int, min_cpu_s: float
+) -> tuple[Rate, Rate]:
+    """(decode + preprocess only, decode + preprocess + infer) on base64 PNG crops, `batch` per call."""
+    name, dtype = config.input.name, input_dtype(sess)
+    groups = [[b64[(i * batch + k) % len(b64)] for k in range(batch)] for i in range(max(1, len(b64) // batch))]
+    state = {"i": 0}
+
+    def prep() -> np.ndarray:
+        group = groups[state["i"] % len(groups)]
+        state["i"] += 1
+        crops = [decode_image(base64.b64decode(s, validate=True)) for s in group]
+        return normalize(prepare(crops, config.input), config.preprocess, dtype)
+
+    def prep_only() -> int:
+        prep()
+        return batch
+
+    def full() -> int:
+        sess.run(None, {name: prep()})
+        return batch
+
+    return (
+        _measure("decode+preprocess", batch, prep_only, min_cpu_s, max_calls=100_000),
+        _measure("decode+preprocess+model", batch, full, min_cpu_s, max_calls=100_000),
+    )
+
+
+def variants(version_dir: Path, include_gpu_only: bool = False) -> dict[str, Path]:
+    """The CPU-servable ONNX variants of a model version that verify (fp32, int8), plus any other `.onnx`
+    file in the folder the config does not list yet (named by file), so a fresh export gets measured too."""
+    config = load_config(version_dir)
+    found: dict[str, Path] = {}
+    for name, spec in config.variants.items():
+        if spec.precision == "fp16" and not include_gpu_only:
+            continue  # fp16 is the GPU variant; ORT's CPU kernels up-cast it
+        try:
+            found[name] = verified_model_path(version_dir, config, name)
+        except ValueError:
+            continue
+    listed = {version_dir / spec.file for spec in config.variants.values()}
+    for path in sorted(version_dir.glob("*.onnx")):
+        if path not in listed:
+            found[path.name] = path
+    return found
+
+
+def best(rates: Sequence[Rate]) -> Rate:
+    return max(rates, key=lambda r: r.per_core)

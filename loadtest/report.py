@@ -1,0 +1,120 @@
+"""Benchmark figures -> the issue's ratios and targets, and the markdown table the README quotes.
+
+Two fractions of the ceiling are reported, because the service and its load generator share the machine:
+- per core (the target): service crops per CPU-second of the service process / in-process crops per
+  CPU-second (decode + preprocess + infer). 100 % means the HTTP layer, JSON and batching cost nothing.
+- wall vs one core: service crops/s / one core's in-process crops/s (the service may use more than one core).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGET_MODEL = 20_000.0  # crops/s/core, in-process, default model
+TARGET_FRACTION = 0.50  # service sheet traffic / in-process decode+infer ceiling
+TARGET_BATCHING = 3.0  # single-crop traffic, batching on / off
+TARGET_IDLE_P99_MS = 10.0  # one 100-crop sheet at a time
+
+
+def _scenario(result: dict[str, Any], mode: str, name: str) -> dict[str, Any] | None:
+    svc = result.get("service", {})
+    for row in svc.get(mode, {}).get("scenarios", []):
+        if row["scenario"] == name:
+            return row
+    return None
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    variant = result["service_variant"]
+    ceil = result["ceiling"].get(variant) or next(iter(result["ceiling"].values()))
+    sheet_crops = str(result["settings"]["sheet_crops"])
+    pipe = ceil["pipeline"][sheet_crops]["pipeline"]["crops_per_s_per_core"]
+    s: dict[str, Any] = {
+        "model_crops_per_s_per_core": ceil["best_crops_per_s_per_core"],
+        "model_best_batch": ceil["best_batch"],
+        "pipeline_crops_per_s_per_core": pipe,
+        "variants": {k: v["best_crops_per_s_per_core"] for k, v in result["ceiling"].items()},
+    }
+    targets = [_target("model in-process, crops/s/core", TARGET_MODEL, s["model_crops_per_s_per_core"], ">=")]
+    on_sheet = _scenario(result, "batching_on", "sheets")
+    if on_sheet:
+        s["sheet_fraction_per_core"] = on_sheet["crops_per_service_cpu_s"] / pipe
+        s["sheet_fraction_wall_vs_1core"] = on_sheet["crops_per_s"] / pipe
+        frac = s["sheet_fraction_per_core"]
+        targets.append(_target("service sheets / ceiling (per core)", TARGET_FRACTION, frac, ">="))
+    on_single, off_single = _scenario(result, "batching_on", "single"), _scenario(result, "batching_off", "single")
+    if on_single and off_single and off_single["crops_per_s"] > 0:
+        s["single_batching_speedup"] = on_single["crops_per_s"] / off_single["crops_per_s"]
+        targets.append(_target("single crops, batching on/off", TARGET_BATCHING, s["single_batching_speedup"], ">="))
+    on_s, off_s = on_sheet, _scenario(result, "batching_off", "sheets")
+    if on_s and off_s and off_s["crops_per_s"] > 0:
+        s["sheet_batching_speedup"] = on_s["crops_per_s"] / off_s["crops_per_s"]
+    idle = _scenario(result, "batching_on", "idle-sheet")
+    if idle:
+        s["idle_sheet_p99_ms"] = idle["p99_ms"]
+        targets.append(_target("one 100-crop sheet at idle, p99 ms", TARGET_IDLE_P99_MS, idle["p99_ms"], "<="))
+    s["targets"] = targets
+    return s
+
+
+def _target(name: str, target: float, measured: float, op: str) -> dict[str, Any]:
+    met = measured >= target if op == ">=" else measured <= target
+    return {"name": name, "target": f"{op} {target:g}", "measured": measured, "met": met}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["summary"]
+    lines = [
+        f"### Benchmark {result['date']} — {result['model']} (service variant {result['service_variant']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, load avg {m['load_avg_1m_at_start']:.2f} at start; "
+        f"Python {m['python']}, onnxruntime {m['onnxruntime']}; crops: {result['crop_source']}. "
+        f"Run time {result.get('elapsed_s', '?')} s.",
+        "",
+        "**In-process ceiling** (1 intra-op thread; crops/s per CPU-second of the thread)",
+        "",
+        "| variant | " + " | ".join(f"b={r['batch']}" for r in next(iter(result["ceiling"].values()))["model"]) + " |",
+        "|---|" + "---:|" * len(next(iter(result["ceiling"].values()))["model"]),
+    ]
+    for variant, c in result["ceiling"].items():
+        lines.append(f"| {variant} model | " + " | ".join(_fmt(r["crops_per_s_per_core"]) for r in c["model"]) + " |")
+    lines += ["", "| variant | batch | decode+preprocess | decode+preprocess+model |", "|---|---:|---:|---:|"]
+    for variant, c in result["ceiling"].items():
+        for b, p in c["pipeline"].items():
+            lines.append(
+                f"| {variant} | {b} | {_fmt(p['preprocess']['crops_per_s_per_core'])} | "
+                f"{_fmt(p['pipeline']['crops_per_s_per_core'])} |"
+            )
+    svc = result.get("service", {})
+    if "skipped" in svc:
+        lines += ["", f"**Service**: skipped ({svc['skipped']})"]
+    else:
+        lines += [
+            "",
+            "**Service** (`python -m service`, wrk closed loop, 127.0.0.1)",
+            "",
+            "| batching | traffic | crops/s | req/s | p50 ms | p99 ms | failed | service cores | crops/service-CPU-s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, body in svc.items():
+            for r in body["scenarios"]:
+                lines.append(
+                    f"| {mode.removeprefix('batching_')} | {r['scenario']}: {r['description']} | "
+                    f"{_fmt(r['crops_per_s'])} | {_fmt(r['rps'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                    f"{r['failed']} | {r['service_cores_used']:.2f} | {_fmt(r['crops_per_service_cpu_s'])} |"
+                )
+    lines += ["", "**Targets** (issue 6)", "", "| target | goal | measured | met |", "|---|---:|---:|:-:|"]
+    for t in s["targets"]:
+        lines.append(f"| {t['name']} | {t['target']} | {_fmt(t['measured'])} | {'yes' if t['met'] else 'NO'} |")
+    extra = []
+    if "sheet_fraction_wall_vs_1core" in s:
+        extra.append(f"sheets wall crops/s vs one core's ceiling: {s['sheet_fraction_wall_vs_1core']:.0%}")
+    if "sheet_batching_speedup" in s:
+        extra.append(f"sheets batching on/off: {s['sheet_batching_speedup']:.2f}x")
+    if extra:
+        lines += ["", "Also: " + "; ".join(extra) + "."]
+    return "\n".join(lines) + "\n"

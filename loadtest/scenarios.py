@@ -1,0 +1,100 @@
+"""The service traffic shapes the benchmark measures with wrk, and one checked request per shape first.
+
+A scenario is a set of prepared bodies, a concurrency and a crops-per-request count. Before loading the
+service with a shape, one request of it is sent and its response checked (one result per crop, ids in
+order), so a benchmark never reports the speed of error responses.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from loadtest import wrkrun
+from loadtest.crops import CropPool, check_response
+from loadtest.server import Service
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    crops_per_request: int
+    connections: int
+    bodies: tuple[wrkrun.Body, ...]
+    expected_ids: tuple[str, ...] | None  # ids of bodies[0]'s crops, None when the service numbers them
+
+
+def sheets_json(pool: CropPool, crops: int, connections: int, n_bodies: int = 16, name: str = "sheets") -> Scenario:
+    bodies, first_ids = [], None
+    for k in range(n_bodies):
+        data, ids = pool.json_body(k * crops, crops, prefix=f"s{k}-")
+        bodies.append(wrkrun.Body(data, "application/json"))
+        first_ids = first_ids or tuple(ids)
+    desc = f"{crops} base64-PNG crops/request, {connections} clients"
+    return Scenario(name, desc, crops, connections, tuple(bodies), first_ids)
+
+
+def single_json(pool: CropPool, connections: int, n_bodies: int = 256) -> Scenario:
+    bodies, first_ids = [], None
+    for k in range(n_bodies):
+        data, ids = pool.json_body(k, 1, prefix=f"u{k}-")
+        bodies.append(wrkrun.Body(data, "application/json"))
+        first_ids = first_ids or tuple(ids)
+    desc = f"1 base64-PNG crop/request, {connections} clients"
+    return Scenario("single", desc, 1, connections, tuple(bodies), first_ids)
+
+
+def sheets_raw(pool: CropPool, crops: int, connections: int, n_bodies: int = 16) -> Scenario:
+    bodies = []
+    for k in range(n_bodies):
+        data, headers = pool.raw_body(k * crops, crops)
+        bodies.append(wrkrun.Body(data, headers["Content-Type"], f"X-Crop-Shape: {headers['X-Crop-Shape']}"))
+    desc = f"raw uint8 [{crops},32,32] tensor/request, {connections} clients"
+    return Scenario("sheets-raw", desc, crops, connections, tuple(bodies), None)
+
+
+def check_once(svc: Service, sc: Scenario, timeout_s: float = 30.0) -> None:
+    """POST the scenario's first body and verify the response; raises with the reason if it is wrong."""
+    body = sc.bodies[0]
+    headers = {"Content-Type": body.content_type}
+    if body.header:
+        key, value = body.header.split(":", 1)
+        headers[key.strip()] = value.strip()
+    req = urllib.request.Request(f"{svc.url}/classify", data=body.data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            payload = r.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{sc.name}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+    ids = sc.expected_ids or tuple(str(i) for i in range(sc.crops_per_request))
+    why = check_response(payload, ids, sc.crops_per_request)
+    if why:
+        raise RuntimeError(f"{sc.name}: bad response: {why}")
+
+
+def measure(svc: Service, sc: Scenario, duration_s: float, warmup_s: float) -> dict[str, object]:
+    """Warm up, then one bounded wrk run; crops/s, latency, and crops per CPU-second of the service."""
+    check_once(svc, sc)
+    url = f"{svc.url}/classify"
+    if warmup_s > 0:
+        wrkrun.run(url, list(sc.bodies), sc.connections, warmup_s)
+    cpu0, t0 = svc.cpu_seconds(), time.monotonic()
+    res = wrkrun.run(url, list(sc.bodies), sc.connections, duration_s)
+    cpu = svc.cpu_seconds() - cpu0
+    elapsed = time.monotonic() - t0
+    ok_requests = res.requests - res.errors["status"]
+    crops = ok_requests * sc.crops_per_request
+    return {
+        "scenario": sc.name,
+        "description": sc.description,
+        "connections": sc.connections,
+        "crops_per_request": sc.crops_per_request,
+        "crops_per_s": crops / res.duration_s if res.duration_s else 0.0,
+        "service_cpu_s": cpu,
+        "service_cores_used": cpu / elapsed if elapsed else 0.0,
+        "crops_per_service_cpu_s": crops / cpu if cpu > 0 else 0.0,
+        "rss_mb": svc.rss_bytes() / 2**20,
+        **res.to_dict(),
+    }
