@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -67,13 +67,19 @@ class VariantSpec(_Strict):
 
     file: str
     precision: Literal["fp32", "int8", "fp16"]
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: required in config.json (`load_config` refuses a variant without it); None only inside ONNX
+    #: metadata, because a file cannot contain its own digest (see `metadata_payload`)
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     #: parity of this file against the PyTorch model (max_abs_diff, argmax_agreement, batch sizes ...)
     parity: dict[str, float | int | str | list[int]] = Field(default_factory=dict)
     #: real-dev accuracy measured with this file, e.g. {"binary_accuracy": 0.998}
     metrics: dict[str, float | int] = Field(default_factory=dict)
     #: execution providers this variant is meant for
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    #: how the file was made (e.g. quantisation format, calibration data, fp16 conversion options)
+    build: dict[str, object] = Field(default_factory=dict)
+    #: speed measured at export on the export machine (machine-dependent: kept out of ONNX metadata)
+    benchmark: dict[str, float | int | str] = Field(default_factory=dict)
 
 
 class TensorRTSpec(_Strict):
@@ -102,6 +108,8 @@ class ModelConfig(_Strict):
     tta: TTASpec = TTASpec()
     variants: dict[str, VariantSpec]
     default_variant: str = "fp32"
+    #: variants built but not offered, with the reason (e.g. INT8 lost real-dev binary accuracy)
+    rejected_variants: dict[str, str] = Field(default_factory=dict)
     tensorrt: TensorRTSpec = TensorRTSpec()
     #: free-form provenance: training data description, architecture, MACs, params, seed ...
     training: dict[str, object] = Field(default_factory=dict)
@@ -147,9 +155,13 @@ def load_config(version_dir: Path) -> ModelConfig:
     if not path.is_file():
         raise ModelArtifactError(f"missing {CONFIG_FILE} in {version_dir}")
     try:
-        return ModelConfig.model_validate(json.loads(path.read_text()))
+        config = ModelConfig.model_validate(json.loads(path.read_text()))
     except (ValueError, TypeError) as exc:
         raise ModelArtifactError(f"invalid {path}: {exc}") from exc
+    unpinned = [name for name, spec in config.variants.items() if spec.sha256 is None]
+    if unpinned:
+        raise ModelArtifactError(f"invalid {path}: variants {unpinned} lack sha256 (config.json pins every file)")
+    return config
 
 
 def verified_model_path(version_dir: Path, config: ModelConfig, variant: str | None = None) -> Path:
@@ -162,8 +174,9 @@ def verified_model_path(version_dir: Path, config: ModelConfig, variant: str | N
     if not path.is_file():
         raise ModelArtifactError(f"missing model file {path}")
     digest = sha256_file(path)
-    if digest != spec.sha256:
-        raise ModelArtifactError(f"sha256 mismatch for {path}: config {spec.sha256[:12]}..., file {digest[:12]}...")
+    if spec.sha256 is None or digest != spec.sha256:
+        pinned = f"{spec.sha256[:12]}..." if spec.sha256 else "none"
+        raise ModelArtifactError(f"sha256 mismatch for {path}: config {pinned}, file {digest[:12]}...")
     return path
 
 
@@ -174,3 +187,65 @@ def list_versions(repository: Path, name: str) -> list[str]:
         return []
     versions = [p.name for p in model_dir.iterdir() if (p / CONFIG_FILE).is_file()]
     return sorted(versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v))
+
+
+#: metadata_props keys besides METADATA_KEY: which variant a file is, and a note that its digest is absent
+METADATA_VARIANT_KEY = "omr.variant"
+METADATA_SHA256_KEY = "omr.sha256"
+METADATA_SHA256_NOTE = "not applicable: a file cannot contain its own digest; it is pinned in config.json"
+
+
+def metadata_payload(config: ModelConfig) -> str:
+    """The config as stored in ONNX `metadata_props[METADATA_KEY]`.
+
+    Every variant's `sha256` is None (a file cannot hold its own digest, and the variants' digests would
+    depend on each other's metadata) and `benchmark` is empty (machine-dependent timings would make the
+    file bytes differ from run to run). Everything else equals config.json.
+    """
+    variants = {k: v.model_copy(update={"sha256": None, "benchmark": {}}) for k, v in config.variants.items()}
+    return config.model_copy(update={"variants": variants}).model_dump_json()
+
+
+def config_from_metadata(raw: str) -> ModelConfig:
+    """Parse a `metadata_payload` string back into a (digest-less) ModelConfig."""
+    try:
+        return ModelConfig.model_validate_json(raw)
+    except ValueError as exc:
+        raise ModelArtifactError(f"invalid {METADATA_KEY!r} ONNX metadata: {exc}") from exc
+
+
+def verify_session(session: Any, config: ModelConfig, variant: str | None = None) -> None:
+    """Refuse an ONNX Runtime session whose graph does not match `config` (input, output, class count).
+
+    `session` is an `onnxruntime.InferenceSession` (duck-typed so this module needs no onnxruntime).
+    Catches a file swapped under a re-pinned sha256, or a config edited to a different class list.
+    """
+    where = f"model {config.name}/{config.version} variant {variant or config.default_variant}"
+    inputs = {i.name: i for i in session.get_inputs()}
+    if list(inputs) != [config.input.name]:
+        raise ModelArtifactError(f"{where}: ONNX inputs {list(inputs)}, config expects [{config.input.name!r}]")
+    inp = inputs[config.input.name]
+    want = [config.input.channels, config.input.height, config.input.width]
+    if len(inp.shape) != 4 or list(inp.shape[1:]) != want or isinstance(inp.shape[0], int):
+        raise ModelArtifactError(f"{where}: ONNX input shape {inp.shape}, config expects [batch, *{want}]")
+    want_type = {"float32": "tensor(float)", "float16": "tensor(float16)"}[config.input.dtype]
+    if inp.type != want_type:
+        raise ModelArtifactError(f"{where}: ONNX input type {inp.type}, config expects {want_type}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    if config.output_name not in outputs:
+        raise ModelArtifactError(f"{where}: ONNX outputs {list(outputs)} lack {config.output_name!r}")
+    n_out = outputs[config.output_name].shape[-1]
+    if n_out != len(config.classes):
+        raise ModelArtifactError(
+            f"{where}: ONNX output has {n_out} classes, config lists {len(config.classes)} {list(config.classes)}"
+        )
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY in meta:
+        embedded = config_from_metadata(meta[METADATA_KEY])
+        if (embedded.name, embedded.version, embedded.classes) != (config.name, config.version, config.classes):
+            raise ModelArtifactError(
+                f"{where}: ONNX metadata describes {embedded.name}/{embedded.version} {list(embedded.classes)}, "
+                f"config.json {config.name}/{config.version} {list(config.classes)}"
+            )
+    if variant is not None and meta.get(METADATA_VARIANT_KEY, variant) != variant:
+        raise ModelArtifactError(f"{where}: ONNX file is variant {meta[METADATA_VARIANT_KEY]!r}")
