@@ -60,6 +60,7 @@ def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> 
             pipes[str(b)] = {"preprocess": prep.to_dict(), "pipeline": full.to_dict()}
         out[variant] = {
             "file": path.name,
+            "stage_us_per_crop": ceiling.stage_costs(sess, config, pool.b64, args.sheet_crops),
             "model": [r.to_dict() for r in rates],
             "best_batch": top.batch,
             "best_crops_per_s_per_core": top.per_core,

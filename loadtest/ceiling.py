@@ -120,6 +120,34 @@ def pipeline_rate(
     )
 
 
+def stage_costs(
+    sess: ort.InferenceSession, config: ModelConfig, b64: Sequence[str], batch: int = 64, repeats: int = 3
+) -> dict[str, float]:
+    """CPU microseconds per crop of each step of the service path (best of `repeats`), to show where it goes."""
+    name, dtype = config.input.name, input_dtype(sess)
+    raw = [base64.b64decode(s, validate=True) for s in b64]
+    gray = [decode_image(r) for r in raw]
+    u8 = prepare(gray, config.input)
+    x = normalize(u8, config.preprocess, dtype)
+    chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
+    steps: dict[str, Callable[[], object]] = {
+        "base64": lambda: [base64.b64decode(s, validate=True) for s in b64],
+        "decode": lambda: [decode_image(r) for r in raw],
+        "resize": lambda: prepare(gray, config.input),
+        "normalize": lambda: normalize(u8, config.preprocess, dtype),
+        f"model (batch {batch})": lambda: [sess.run(None, {name: c}) for c in chunks],
+    }
+    out = {}
+    for label, fn in steps.items():
+        best_s = float("inf")
+        for _ in range(repeats):
+            c0 = time.thread_time()
+            fn()
+            best_s = min(best_s, time.thread_time() - c0)
+        out[label] = best_s / len(b64) * 1e6
+    return out
+
+
 def variants(version_dir: Path, include_gpu_only: bool = False) -> dict[str, Path]:
     """The CPU-servable ONNX variants of a model version that verify (fp32, int8), plus any other `.onnx`
     file in the folder the config does not list yet (named by file), so a fresh export gets measured too."""

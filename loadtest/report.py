@@ -89,6 +89,10 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {variant} | {b} | {_fmt(p['preprocess']['crops_per_s_per_core'])} | "
                 f"{_fmt(p['pipeline']['crops_per_s_per_core'])} |"
             )
+    stages = next(iter(result["ceiling"].values())).get("stage_us_per_crop", {})
+    if stages:
+        lines += ["", "CPU µs per crop by step (" + next(iter(result["ceiling"])) + "): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + "."]  # fmt: skip
     svc = result.get("service", {})
     if "skipped" in svc:
         lines += ["", f"**Service**: skipped ({svc['skipped']})"]
