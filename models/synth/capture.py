@@ -37,8 +37,8 @@ def capture(canvas: np.ndarray, native: int, rng: np.random.Generator) -> np.nda
     mode = rng.choice(["scan", "photo", "bilevel"], p=[0.4, 0.45, 0.15])
     img = geometry(canvas, rng)
     if mode == "photo" and rng.random() < 0.5:  # optics blur before sampling
-        img = _blur(img, rng.uniform(0.5, 2.0) * canvas.shape[0] / native)
-    if mode == "photo" and rng.random() < 0.35:  # captured at lower resolution, upscaled by the engine
+        img = _blur(img, rng.uniform(0.5, 2.5) * canvas.shape[0] / native)
+    if mode == "photo" and rng.random() < 0.5:  # captured at lower resolution, upscaled by the engine
         low = max(8, int(native / rng.uniform(1.3, 2.5)))
         img = cv2.resize(img, (low, low), interpolation=cv2.INTER_AREA)
         img = cv2.resize(img, (native, native), interpolation=cv2.INTER_LINEAR)
@@ -47,9 +47,13 @@ def capture(canvas: np.ndarray, native: int, rng: np.random.Generator) -> np.nda
     if mode == "bilevel":
         # 1-bit scans: threshold between paper and ink; optional scanner speckle
         img = _blur(img, rng.uniform(0.0, 0.5))
-        # threshold between the darkest print/ink and the paper, so the darkest strokes always survive
+        # a global threshold, raised where needed so the darkest print (the outline) survives as black,
+        # while faint residue and light marks far above the outline's tone still drop out to white
         dark, paper_level = np.percentile(img, 1), np.percentile(img, 60)
-        img = (img > dark + rng.uniform(0.45, 0.8) * (paper_level - dark)).astype(np.float32)
+        thr = rng.uniform(0.45, 0.75)
+        if paper_level - dark > 0.15:
+            thr = max(thr, dark + 0.3 * (paper_level - dark))
+        img = (img > thr).astype(np.float32)
         if rng.random() < 0.3:
             speck = rng.random(img.shape) < rng.uniform(0.0, 0.01)
             img[speck] = 1.0 - img[speck]

@@ -89,7 +89,7 @@ def draw_glyph(layer: np.ndarray, b: Bubble, rng: np.random.Generator, value: in
     """A printed letter/digit/icon centred in the bubble (sized to the interior)."""
     text = str(rng.choice(GLYPHS))
     font = int(rng.choice(FONTS))
-    target_h = min(b.rx, b.ry) * rng.uniform(0.8, 1.25)
+    target_h = 2 * min(b.rx, b.ry) * rng.uniform(0.4, 0.8)
     (w, h), _ = cv2.getTextSize(text, font, 1.0, 1)
     scale = target_h / max(h, 1)
     if w * scale > 1.5 * b.rx:
@@ -102,12 +102,12 @@ def draw_glyph(layer: np.ndarray, b: Bubble, rng: np.random.Generator, value: in
 
 def draw_icon(layer: np.ndarray, b: Bubble, rng: np.random.Generator) -> None:
     """A small printed icon (triangle, star-ish blob, hand-like shape) inside the bubble."""
-    r = min(b.rx, b.ry) * rng.uniform(0.35, 0.6)
+    r = min(b.rx, b.ry) * rng.uniform(0.35, 0.75)
     k = int(rng.integers(3, 7))
     t = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, np.pi)
     pts = np.stack([b.cx + r * np.cos(t), b.cy + r * np.sin(t)], 1)
-    if rng.random() < 0.5:
-        fill_polygon(layer, pts, int(rng.uniform(120, 255)))
+    if rng.random() < 0.6:  # shaded icon: a light grey printed blob
+        fill_polygon(layer, pts, int(rng.uniform(40, 220)))
     else:
         stroke_polygon(layer, pts, max(1.0, r / 5))
 

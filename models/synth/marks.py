@@ -31,13 +31,15 @@ class Instrument:
 
 
 def pick_instrument(rng: np.random.Generator, d: float, kinds: tuple[str, ...] | None = None) -> Instrument:
-    kind = str(rng.choice(kinds or ("pen", "ballpoint", "pencil", "marker")))
+    kind = str(rng.choice(kinds or ("pen", "ballpoint", "pencil", "marker", "shade")))
     if kind == "pen":
         return Instrument(kind, rng.uniform(0.02, 0.3), d * rng.uniform(0.05, 0.1), 0.0)
     if kind == "ballpoint":
         return Instrument(kind, rng.uniform(0.08, 0.45), d * rng.uniform(0.03, 0.07), 0.15)
     if kind == "pencil":
         return Instrument(kind, rng.uniform(0.2, 0.6), d * rng.uniform(0.04, 0.1), rng.uniform(0.3, 0.8))
+    if kind == "shade":  # even pencil/graphite shading: light-to-mid grey, printed letters show through
+        return Instrument(kind, rng.uniform(0.3, 0.62), d * rng.uniform(0.06, 0.12), rng.uniform(0.0, 0.3))
     return Instrument(kind, rng.uniform(0.0, 0.22), d * rng.uniform(0.12, 0.22), 0.0)
 
 
@@ -94,9 +96,9 @@ def stroke(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], 
 
 def mark_filled(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) -> np.ndarray:
     style = rng.random()
-    if style < 0.5 or ins.name == "marker":
-        return blob(b, rng.uniform(0.95, 1.2), rng, size, tuple(rng.normal(0, 0.04 * b.rx, 2)))
-    spacing = ins.width * rng.uniform(0.5, 1.0)
+    if style < 0.55 or ins.name == "marker":
+        return blob(b, rng.uniform(0.95, 1.3), rng, size, tuple(rng.normal(0, 0.04 * b.rx, 2)))
+    spacing = ins.width * rng.uniform(0.5, 1.1)
     layer = zigzag(b, rng, size, ins.width, spacing, reach=rng.uniform(1.0, 1.2))
     if rng.random() < 0.5:  # a second pass at another angle
         layer = np.maximum(layer, zigzag(b, rng, size, ins.width, spacing * 1.5, reach=rng.uniform(0.9, 1.15)))
@@ -171,7 +173,7 @@ def mark_erased(b: Bubble, rng: np.random.Generator, size: int) -> tuple[np.ndar
         layer = np.maximum(layer, zigzag(b, rng, size, b.rx * 0.12, b.rx * 0.15, reach=1.05))
     k = int(max(3, b.rx * 0.3)) | 1
     layer = cv2.GaussianBlur(layer, (k, k), 0)
-    return layer, float(rng.uniform(0.1, 0.3))
+    return layer, float(rng.uniform(0.05, 0.2))
 
 
 MARKERS = {

@@ -30,12 +30,12 @@ def _native_size(rng: np.random.Generator) -> int:
 
 
 def _bubble(rng: np.random.Generator, size: int, shape: str | None = None) -> L.Bubble:
-    shape = shape or str(rng.choice(L.SHAPES, p=[0.42, 0.2, 0.13, 0.25]))
+    shape = shape or str(rng.choice(L.SHAPES, p=[0.4, 0.25, 0.12, 0.23]))
     margin = rng.uniform(1.1, 2.0)
     outer = size / margin
     rx = ry = outer / 2
     if shape == "ellipse":
-        aspect = rng.uniform(1.15, 1.7)
+        aspect = rng.uniform(1.15, 2.0)
         if rng.random() < 0.75:
             ry = rx / aspect
         else:
@@ -63,11 +63,11 @@ def _printed(b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool
     inner = L.new_layer(size)
     if with_bubble:
         L.draw_outline(outline, b, rng)
-        p_glyph = 0.55 if b.shape in ("circle", "ellipse") else 0.15
+        p_glyph = 0.15 if b.shape == "square" else 0.65
         if rng.random() < p_glyph:
             L.draw_glyph(inner, b, rng)
-        elif rng.random() < 0.08:
-            L.draw_icon(inner, b, rng)
+        elif rng.random() < 0.2:
+            L.draw_icon(inner, b, rng)  # printed icons, often light grey (not a mark)
     neighbours = L.draw_neighbours(outline, b, size, rng) if rng.random() < 0.5 else []
     if rng.random() < 0.2:
         L.draw_side_text(outline, b, size, rng)
@@ -76,7 +76,7 @@ def _printed(b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool
     if b.shape == "square" and rng.random() < 0.15:
         L.draw_arrow(outline, b, rng)
     tone = _print_tone(rng)
-    glyph_tone = min(0.95, tone + rng.uniform(0.0, 0.4)) if rng.random() < 0.4 else tone
+    glyph_tone = min(0.9, tone + rng.uniform(0.0, 0.5)) if rng.random() < 0.5 else tone
     factor = (1 - L.to_alpha(outline) * (1 - tone)) * (1 - L.to_alpha(inner) * (1 - glyph_tone))
     return factor, neighbours
 
@@ -96,7 +96,8 @@ def _mark(label: str, b: L.Bubble, rng: np.random.Generator, size: int) -> tuple
         return _ink(alpha, 1 - strength), 0.0
     interior = L.interior_mask(b, size)
     lo, hi = M.COVERAGE.get(label, (0.0, 1.0))
-    ins = M.pick_instrument(rng, d)
+    strokes_only = ("pen", "ballpoint", "pencil", "marker")
+    ins = M.pick_instrument(rng, d, None if label in ("filled", "partial") else strokes_only)
     for _ in range(12):
         layer = M.MARKERS[label](b, rng, size, ins)
         cov = M.coverage(layer, interior)
