@@ -24,13 +24,32 @@ from pathlib import Path
 
 import numpy as np
 
-from models.evaluate import expected_calibration_error
 from models.labelled import LabelsError, decode_crops, read_labels
 from service.core.modelconfig import PreprocessSpec
 from service.core.postprocess import calibrated_probabilities
 from service.core.preprocess import normalize, resize
 
 T_BOUNDS = (0.05, 20.0)
+ECE_BINS = 15
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS):
+    """Equal-width bins (lo, hi] over [0, 1]: (count, accuracy, mean confidence) per bin."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    safe = np.maximum(counts, 1)
+    acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins) / safe
+    conf = np.bincount(idx, weights=confidence.astype(float), minlength=n_bins) / safe
+    return counts, acc, conf
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE on the max-class probability: sum over bins of |accuracy - confidence| x bin share."""
+    if len(y) == 0:
+        return 0.0
+    counts, acc, conf = reliability(probs.max(1), probs.argmax(1) == y, n_bins)
+    return float(np.sum(counts / len(y) * np.abs(acc - conf)))
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -131,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             x = np.stack([resize(c, side, side) for c in decode_crops(items)])
             y = np.array([classes.index(it.label) for it in items], np.int64)
             if args.group_column:
-                groups = [it.sheet_id if args.group_column == "sheet_id" else it.extra.get(args.group_column)
-                          for it in items]
+                groups = [
+                    it.sheet_id if args.group_column == "sheet_id" else it.extra.get(args.group_column) for it in items
+                ]
                 if any(g is None for g in groups):
-                    raise LabelsError(f"column {args.group_column!r} is missing or empty in some rows; "
-                                      "pass --group-column '' to split by crop")
+                    raise LabelsError(
+                        f"column {args.group_column!r} is missing or empty in some rows; "
+                        "pass --group-column '' to split by crop"
+                    )
             else:
                 groups = [str(i) for i in range(len(items))]
             source = f"{args.labels} split by {args.group_column or 'crop'}"
@@ -153,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     logits = checkpoint_logits(model, x)
     temperature = fit_temperature(logits[fit], y[fit])
     report = {
-        "checkpoint": str(args.checkpoint), "source": source, "temperature": temperature,
+        "checkpoint": str(args.checkpoint),
+        "source": source,
+        "temperature": temperature,
         "previous_temperature": float(meta.get("temperature", 1.0)),
         "fit": {"n": int(fit.sum()), "groups": len({g for g, f in zip(groups, fit, strict=True) if f})},
         "held_out": calibration_report(logits[held], y[held], temperature),
@@ -164,16 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         rest = {k: v for k, v in meta.items() if k not in ("arch", "classes", "temperature", "calibration")}
         calibration = {k: report[k] for k in ("source", "fit", "held_out")}
-        save_checkpoint(args.checkpoint, model, meta["arch"], classes, temperature=temperature,
-                        calibration=calibration, **rest)
+        save_checkpoint(
+            args.checkpoint, model, meta["arch"], classes, temperature=temperature, calibration=calibration, **rest
+        )
     if args.json:
         print(json.dumps(report))
     else:
         h = report["held_out"]
-        print(f"temperature {temperature:.4f} (was {report['previous_temperature']:.4f}), fitted on "
-              f"{report['fit']['n']} crops / {report['fit']['groups']} groups of {source}")
-        print(f"held-out ({h['n']} crops): NLL {h['nll_before']:.4f} -> {h['nll_after']:.4f}, "
-              f"ECE {h['ece_before']:.4f} -> {h['ece_after']:.4f}, accuracy {h['accuracy']:.4f}")
+        print(
+            f"temperature {temperature:.4f} (was {report['previous_temperature']:.4f}), fitted on "
+            f"{report['fit']['n']} crops / {report['fit']['groups']} groups of {source}"
+        )
+        print(
+            f"held-out ({h['n']} crops): NLL {h['nll_before']:.4f} -> {h['nll_after']:.4f}, "
+            f"ECE {h['ece_before']:.4f} -> {h['ece_after']:.4f}, accuracy {h['accuracy']:.4f}"
+        )
         if report["at_bound"]:
             print(f"warning: T is at the search bound {T_BOUNDS}; the model's logits carry little signal")
         print(f"{'wrote' if not args.dry_run else 'dry run, did not write'} {args.checkpoint}")

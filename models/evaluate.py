@@ -23,13 +23,20 @@ import numpy as np
 import onnxruntime as ort
 
 from models import plots
-from models.labelled import LabelledCrop, LabelsError, decode_crops, read_labels
+from models.calibrate import ECE_BINS, expected_calibration_error, reliability
+from models.labelled import (
+    LabelledCrop,
+    LabelsError,
+    binary_truth,
+    decode_crops,
+    label_binary_conflicts,
+    read_labels,
+)
 from service.core.modelconfig import METADATA_KEY, ModelArtifactError, ModelConfig, load_config, verified_model_path
 from service.core.postprocess import Decision, calibrated_probabilities, decide
 from service.core.preprocess import normalize, prepare
 from service.core.tta import expand, reduce
 
-ECE_BINS = 15
 MAX_GRID = 96
 
 
@@ -95,25 +102,6 @@ def predict(
     return Predictions(mean, vp, agree if tta else None, decide(mean, cfg, profile, agree if tta else None))
 
 
-def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS):
-    """Equal-width bins (lo, hi] over [0, 1]: (count, accuracy, mean confidence) per bin."""
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    counts = np.bincount(idx, minlength=n_bins)
-    safe = np.maximum(counts, 1)
-    acc = np.bincount(idx, weights=correct.astype(float), minlength=n_bins) / safe
-    conf = np.bincount(idx, weights=confidence.astype(float), minlength=n_bins) / safe
-    return counts, acc, conf
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE on the max-class probability: sum over bins of |accuracy - confidence| x bin share."""
-    if len(y) == 0:
-        return 0.0
-    counts, acc, conf = reliability(probs.max(1), probs.argmax(1) == y, n_bins)
-    return float(np.sum(counts / len(y) * np.abs(acc - conf)))
-
-
 def metrics(
     y: np.ndarray,
     probs: np.ndarray,
@@ -166,7 +154,10 @@ def metrics(
 
 
 def evaluate_arrays(
-    logits: np.ndarray, y: np.ndarray, config: ModelConfig, profile: str | None = None,
+    logits: np.ndarray,
+    y: np.ndarray,
+    config: ModelConfig,
+    profile: str | None = None,
     binary_true: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Metrics for raw logits [N, C] under a model config (its temperature, profile and review rules)."""
@@ -174,14 +165,6 @@ def evaluate_arrays(
     probs = calibrated_probabilities(logits, config.temperature)
     review = np.array([d.review for d in decide(probs, config, prof)], bool)
     return metrics(y, probs, config.classes, config.marked_mask(prof), binary_true, review)
-
-
-def binary_truth(items: Sequence[LabelledCrop], config: ModelConfig, profile: str) -> tuple[np.ndarray, str]:
-    """The CSV's `binary` column (it is the "ink" reading) where present and profile is ink, else from labels."""
-    mapping = config.profiles[profile]
-    use_csv = profile == "ink" and all(it.binary is not None for it in items)
-    truth = [it.binary if use_csv else mapping[it.label] for it in items]
-    return np.array(truth, bool), ("csv binary column" if use_csv else f"labels under profile {profile!r}")
 
 
 def evaluate(
@@ -194,46 +177,55 @@ def evaluate(
     truth, source = binary_truth(items, cfg, profile)
     review = np.array([d.review for d in pred.decisions], bool)
     report = metrics(y, pred.probs, cfg.classes, cfg.marked_mask(profile), truth, review)
-    derived = np.array([cfg.profiles[profile][it.label] for it in items], bool)
     report.update(
-        model=f"{cfg.name}/{cfg.version}", onnx=str(model.path), temperature=cfg.temperature, tta=tta,
-        views=list(cfg.tta.views) if tta else ["identity"], profile=profile, binary_truth=source,
-        label_binary_conflicts=[it.crop_file for it, d, t in zip(items, derived, truth, strict=True) if d != t],
+        model=f"{cfg.name}/{cfg.version}",
+        onnx=str(model.path),
+        temperature=cfg.temperature,
+        tta=tta,
+        views=list(cfg.tta.views) if tta else ["identity"],
+        profile=profile,
+        binary_truth=source,
+        label_binary_conflicts=label_binary_conflicts(items, cfg),
     )
     if out is not None:
         report["artifacts"] = write_artifacts(out, items, crops, pred, y, truth, report)
     return report
 
 
+PREDICTION_COLUMNS = "crop_file label predicted confidence marked_truth marked marked_probability review_reasons"
+
+
 def write_artifacts(out: Path, items, crops, pred: Predictions, y, truth, report) -> dict[str, str]:
-    classes = report["confusion"]["classes"]
-    cm = np.array(report["confusion"]["rows_true_cols_pred"])
-    top = pred.probs.argmax(1)
-    wrong = [i for i in np.argsort(-pred.probs.max(1), kind="stable") if top[i] != y[i]]  # confident errors first
+    """confusion.png, misclassified.png (most confident errors first), reliability.png, predictions.csv, JSON."""
+    classes, model = report["confusion"]["classes"], report["model"]
+    top, conf = pred.probs.argmax(1), pred.probs.max(1)
+    wrong = [i for i in np.argsort(-conf, kind="stable") if top[i] != y[i]]
     tiles = [
-        plots.Tile(crops[i], (f"true: {items[i].label}", f"pred: {classes[top[i]]} {pred.probs[i].max():.2f}",
-                              Path(items[i].crop_file).name[:18]),
-                   plots.RED if pred.decisions[i].marked != truth[i] else plots.ORANGE)
+        plots.Tile(
+            crops[i],
+            (f"true: {items[i].label}", f"pred: {classes[top[i]]} {conf[i]:.2f}", Path(items[i].crop_file).name[:18]),
+            plots.RED if pred.decisions[i].marked != truth[i] else plots.ORANGE,
+        )
         for i in wrong[:MAX_GRID]
     ]
-    title = (f"{report['model']}: {len(wrong)} misclassified of {len(y)} (showing {len(tiles)}; "
-             "red frame = binary decision wrong too)")
-    counts, acc, conf = reliability(pred.probs.max(1), top == y)
+    title = f"{model}: {len(wrong)} misclassified of {len(y)} (showing {len(tiles)}; red = binary wrong too)"
+    bins = reliability(conf, top == y, ECE_BINS)
+    cm = np.array(report["confusion"]["rows_true_cols_pred"])
     paths = {
-        "confusion_png": plots.write_png(out / "confusion.png", plots.confusion_image(cm, classes, report["model"])),
+        "confusion_png": plots.write_png(out / "confusion.png", plots.confusion_image(cm, classes, model)),
         "misclassified_png": plots.write_png(out / "misclassified.png", plots.crop_grid(tiles, title)),
         "reliability_png": plots.write_png(
-            out / "reliability.png", plots.reliability_image(counts, acc, conf, f"ECE {report['ece']:.4f}")),
+            out / "reliability.png", plots.reliability_image(*bins, f"{model}: ECE {report['ece']:.4f}")
+        ),
         "predictions_csv": out / "predictions.csv",
         "metrics_json": out / "metrics.json",
     }
     with paths["predictions_csv"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["crop_file", "label", "predicted", "confidence", "marked_truth", "marked", "marked_probability",
-                    "review_reasons"])
+        w.writerow(PREDICTION_COLUMNS.split())
         for it, d, t in zip(items, pred.decisions, truth, strict=True):
-            w.writerow([it.crop_file, it.label, d.label, f"{d.confidence:.4f}", int(t), int(d.marked),
-                        f"{d.marked_probability:.4f}", ";".join(d.review_reasons)])
+            row = (d.label, f"{d.confidence:.4f}", int(t), int(d.marked), f"{d.marked_probability:.4f}")
+            w.writerow([it.crop_file, it.label, *row, ";".join(d.review_reasons)])
     result = {k: str(v) for k, v in paths.items()}
     paths["metrics_json"].write_text(json.dumps({**report, "artifacts": result}, indent=1))
     return result
@@ -248,13 +240,14 @@ def format_report(r: dict[str, object]) -> str:
         f"{b['false_marked']}, missed marks {b['missed_marked']})",
         f"ECE ({ECE_BINS} bins)          {r['ece']:.4f}   NLL {r['nll']:.4f}",
         f"flagged for review    {r['review_flagged']}",
-        "", f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
+        "",
+        f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
     ]
     for name, m in r["per_class"].items():
         lines.append(f"{name:<10} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['support']:>8d}")
     classes = r["confusion"]["classes"]
     w = max(6, *(len(c) for c in classes)) + 1
-    lines += ["", "confusion (rows true, columns predicted)", " " * w + "".join(f"{c[:w - 1]:>{w}}" for c in classes)]
+    lines += ["", "confusion (rows true, columns predicted)", " " * w + "".join(f"{c[: w - 1]:>{w}}" for c in classes)]
     for name, row in zip(classes, r["confusion"]["rows_true_cols_pred"], strict=True):
         lines.append(f"{name:<{w}}" + "".join(f"{v:>{w}d}" for v in row))
     if r["label_binary_conflicts"]:
@@ -268,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="model version folder or bare .onnx file")
     ap.add_argument("--labels", type=Path, required=True, help="labels CSV (crop_file, label[, binary, sheet_id])")
-    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                    help="test-time augmentation with the config's views (default: the config's tta.default)")
+    ap.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation with the config's views (default: the config's tta.default)",
+    )
     ap.add_argument("--profile", default=None, help="binary reading (default: the config's default_profile)")
     ap.add_argument("--variant", default=None, help="ONNX variant of a version folder (default: its default)")
     ap.add_argument("--out", type=Path, default=None, help="folder for PNGs/CSV/JSON (default runs/evaluate/...)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.modelconfig import ModelConfig
 from service.core.preprocess import CropError, decode_image
 
 REQUIRED = ("crop_file", "label")
@@ -103,3 +104,27 @@ def decode_crops(items: Sequence[LabelledCrop]) -> list[np.ndarray]:
     if problems:
         raise LabelsError(f"{len(problems)} crop(s) cannot be decoded:\n  " + "\n  ".join(problems))
     return crops
+
+
+def binary_truth(items: Sequence[LabelledCrop], config: ModelConfig, profile: str) -> tuple[np.ndarray, str]:
+    """Per crop: the CSV's `binary` value (it is the "ink" reading) where given and profile is ink, else the
+    label's marking under `profile`. Returns the truth and a description of where it came from."""
+    mapping = config.profiles[profile]
+    use_csv = [profile == "ink" and it.binary is not None for it in items]
+    truth = np.array([it.binary if csv_ else mapping[it.label] for it, csv_ in zip(items, use_csv, strict=True)])
+    source = (
+        "csv binary column"
+        if all(use_csv)
+        else f"labels under profile {profile!r}"
+        if not any(use_csv)
+        else "csv binary column where given, else labels under profile 'ink'"
+    )
+    return truth.astype(bool), source
+
+
+def label_binary_conflicts(items: Sequence[LabelledCrop], config: ModelConfig) -> list[str]:
+    """Crops whose CSV `binary` contradicts their own label under "ink" (a labelling error either way)."""
+    ink = config.profiles.get("ink")
+    if ink is None:
+        return []
+    return [it.crop_file for it in items if it.binary is not None and it.binary != ink[it.label]]
