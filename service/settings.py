@@ -63,7 +63,16 @@ class Settings(BaseSettings):
     auth_metrics: bool = Field(False, description="Require the token on /metrics too.")
 
     # --- shutdown ---
-    drain_timeout_s: float = Field(20.0, ge=0, le=600, description="After SIGTERM: time to finish queued work.")
+    shutdown_delay_s: float = Field(
+        2.0,
+        ge=0,
+        le=120,
+        description="After SIGTERM: keep accepting requests this long while /readyz already says 503, so load "
+        "balancers stop routing here before the listener closes (the k8s preStop-sleep idea).",
+    )
+    drain_timeout_s: float = Field(
+        20.0, ge=0, le=600, description="Then: longest wait for in-flight and queued requests before exiting."
+    )
 
     @field_validator("providers")
     @classmethod

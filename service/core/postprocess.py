@@ -34,9 +34,7 @@ class Decision:
         return bool(self.review_reasons)
 
 
-def decide(
-    probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.ndarray | None = None
-) -> list[Decision]:
+def decide(probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.ndarray | None = None) -> list[Decision]:
     """Calibrated probabilities [N, C] -> one Decision per row under a binary `profile`.
 
     marked_probability sums the profile's marked classes; `marked` is marked_probability >= 0.5 (so the

@@ -1,0 +1,99 @@
+"""The app factory: `create_app(settings)` -> a FastAPI app whose lifespan loads, verifies and warms models.
+
+Loading (file checks + sessions) happens at start-up and fails it loudly; warm-up (every batch bucket) runs in
+a thread afterwards, so `/healthz` answers while `/readyz` waits for it. On shutdown the batchers drain
+(bounded by `drain_timeout_s`) before the thread pools stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.core.classifier import Classifier
+from service.core.registry import Registry
+from service.core.runtime import SessionFactory, create_session
+from service.http import classify, errors, health, middleware, v2
+from service.metrics import Metrics
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def _build_state(settings: Settings, session_factory: SessionFactory) -> AppState:
+    metrics = Metrics()
+    inference_pool = ThreadPoolExecutor(settings.max_batches_in_flight, thread_name_prefix="omr-infer")
+    preprocess_pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="omr-prep")
+    registry = Registry.load(settings, session_factory, inference_pool, metrics)
+    classifier = Classifier(registry, settings, metrics, preprocess_pool)
+    return AppState(
+        settings=settings,
+        metrics=metrics,
+        registry=registry,
+        classifier=classifier,
+        preprocess_pool=preprocess_pool,
+        inference_pool=inference_pool,
+        token=settings.bearer_token(),
+    )
+
+
+def create_app(settings: Settings | None = None, session_factory: SessionFactory = create_session) -> FastAPI:
+    """Build the service. `session_factory` lets a test wrap the real ONNX Runtime session (fault injection)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = _build_state(settings, session_factory)
+        app.state.omr = state
+        for served in state.registry.all():
+            served.batcher.start()
+        warm = asyncio.get_running_loop().run_in_executor(state.inference_pool, state.warm)
+        try:
+            yield
+        finally:
+            state.start_draining()
+            await asyncio.gather(warm, return_exceptions=True)
+            for served in state.registry.all():
+                if not await served.batcher.drain(settings.drain_timeout_s):
+                    log.warning("drain timed out for %s/%s", served.name, served.version)
+                await served.batcher.stop()
+            state.inference_pool.shutdown(wait=True, cancel_futures=True)
+            state.preprocess_pool.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="OMR bubble classification",
+        version=__version__,
+        description="Classifies optical-mark-recognition bubble crops with an ONNX model (see docs/api.md).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(middleware.RequestMetrics)
+    errors.install(app)
+    app.include_router(classify.router)
+    app.include_router(health.health)
+    app.include_router(health.metrics)
+    app.include_router(v2.health)
+    app.include_router(v2.infer_router)
+    _merge_openapi_components(app, classify.OPENAPI_COMPONENTS)
+    return app
+
+
+def _merge_openapi_components(app: FastAPI, components: dict[str, Any]) -> None:
+    """Hand-declared request bodies (orjson parsing) reference schemas FastAPI does not know: add them."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

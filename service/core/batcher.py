@@ -1,0 +1,294 @@
+"""The dynamic batcher: rows (crops x TTA views) from concurrent requests share model calls.
+
+Loop (the Ray Serve / LitServe shape): wait for the first row; fix ONE monotonic deadline `max_delay_s`
+ahead; fill until `max_batch_size` rows are queued or the deadline passes; take a batch slot (at most
+`max_in_flight` model calls at once); take up to `max_batch_size` rows from the head of the FIFO, splitting a
+large request across batches; pad to a power-of-two bucket; run off the event loop; fan the rows back.
+
+Invariants:
+- a request's future is never resolved once it is done (cancelled by a timeout or a disconnect); rows of a
+  cancelled request that are still queued are dropped, so abandoned work is not computed;
+- a model call returns exactly one output row per input row, or every request in that batch fails loudly;
+- a failed batch fails only its own requests; the loop keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import InferenceFailed, Overloaded
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: uint8 [B, H, W] padded batch -> float32 [B, C] calibrated probabilities (runs in an executor thread)
+InferFn = Callable[[np.ndarray], np.ndarray]
+
+
+def buckets(max_batch_size: int) -> list[int]:
+    """Padded batch sizes: powers of two below `max_batch_size`, then `max_batch_size` itself."""
+    out, b = [], 1
+    while b < max_batch_size:
+        out.append(b)
+        b *= 2
+    out.append(max_batch_size)
+    return out
+
+
+def bucket_for(n: int, sizes: list[int]) -> int:
+    return next(b for b in sizes if b >= n)
+
+
+@dataclass(eq=False)
+class _Work:
+    rows: np.ndarray  # uint8 [n, H, W]
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+    out: np.ndarray | None = None  # float32 [n, C], filled batch by batch
+    taken: int = 0  # rows handed to batches so far
+    finished: int = 0  # rows whose output arrived
+    parts: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(
+        self,
+        model: str,
+        provider: str,
+        infer: InferFn,
+        *,
+        row_shape: tuple[int, int],
+        max_batch_size: int,
+        max_delay_s: float,
+        max_in_flight: int,
+        queue_limit: int,
+        executor: Executor,
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self.provider = provider
+        self.max_batch_size = max_batch_size
+        self.buckets = buckets(max_batch_size)
+        self.row_shape = row_shape
+        self._infer = infer
+        self._max_delay_s = max_delay_s
+        self._max_in_flight = max_in_flight
+        self._queue_limit = queue_limit
+        self._executor = executor
+        self._metrics = metrics
+        self._queue: deque[_Work] = deque()
+        self._queued_rows = 0
+        self._in_flight = 0
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        #: EWMA of model seconds per computed (padded) row, from batches of a useful size; feeds admission
+        self._sec_per_row: float | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run_loop(), name=f"batcher-{self.model}")
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or running (True), or `timeout_s` passes (False)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        for work in self._queue:
+            if not work.future.done():
+                work.future.set_exception(InferenceFailed("the service stopped before this request ran"))
+        self._queue.clear()
+
+    def warm(self) -> list[float]:
+        """Run every bucket once, synchronously, before readiness (TensorRT/CUDA build their kernels for each
+        shape here, not under the first real request). Seeds the row-cost estimate. Returns seconds per bucket."""
+        timings = []
+        for size in self.buckets:
+            t0 = time.monotonic()
+            probs = self._infer(np.zeros((size, *self.row_shape), np.uint8))
+            timings.append(time.monotonic() - t0)
+            if probs.ndim != 2 or probs.shape[0] != size:
+                raise InferenceFailed(f"model returned shape {list(probs.shape)} for a batch of {size} rows")
+        self._sec_per_row = timings[-1] / self.buckets[-1]
+        return timings
+
+    # --- admission ---------------------------------------------------------------------------------------
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def estimated_wait_s(self, extra_rows: int = 0) -> float:
+        """Seconds until `extra_rows` more rows would be done, from queue depth and the observed row cost."""
+        if self._sec_per_row is None:
+            return 0.0
+        return (self._queued_rows + extra_rows) * self._sec_per_row / self._max_in_flight
+
+    def admit(self, rows: int, budget_s: float) -> None:
+        """Refuse NOW (429) if the queue is full or the work could not finish within `budget_s`.
+
+        A request larger than the queue limit is admitted only into an empty queue, so it is never refused
+        forever.
+        """
+        if self._queued_rows and self._queued_rows + rows > self._queue_limit:
+            self._metrics.rejections.labels("queue_full").inc()
+            raise Overloaded(
+                f"queue full: {self._queued_rows} rows waiting (limit {self._queue_limit})",
+                retry_after_s=self.estimated_wait_s(),
+            )
+        wait = self.estimated_wait_s(rows)
+        if self._queued_rows and wait > budget_s:
+            self._metrics.rejections.labels("estimated_wait").inc()
+            raise Overloaded(
+                f"estimated wait {wait:.2f}s exceeds the request timeout {budget_s:.2f}s",
+                retry_after_s=self.estimated_wait_s(),
+            )
+
+    # --- the request side --------------------------------------------------------------------------------
+    async def submit(self, rows: np.ndarray) -> np.ndarray:
+        """uint8 [n, H, W] model-size rows -> float32 [n, C] probabilities. Cancel-safe."""
+        loop = asyncio.get_running_loop()
+        work = _Work(rows=rows, future=loop.create_future(), enqueued=time.monotonic())
+        work.future.add_done_callback(lambda _f: self._forget(work))
+        self._queue.append(work)
+        self._queued_rows += len(rows)
+        self._idle.clear()
+        self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+        self._arrived.set()
+        return await work.future  # a cancelled caller cancels the future: its queued rows are dropped
+
+    def _forget(self, work: _Work) -> None:
+        """A request finished (any way): rows it still had queued no longer count."""
+        rest = len(work.rows) - work.taken
+        if rest:
+            work.taken = len(work.rows)
+            self._queued_rows -= rest
+            self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._queued_rows == 0 and self._in_flight == 0:
+            self._idle.set()
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    async def _run_loop(self) -> None:
+        while True:
+            while self._queued_rows == 0:
+                self._arrived.clear()
+                await self._arrived.wait()
+            deadline = time.monotonic() + self._max_delay_s
+            while self._queued_rows < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            await self._slots.acquire()
+            parts = self._take(self.max_batch_size)
+            if not parts:
+                self._slots.release()
+                continue
+            self._in_flight += 1
+            self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
+            task = asyncio.create_task(self._run_batch(parts))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self, limit: int) -> list[tuple[_Work, int, int]]:
+        parts: list[tuple[_Work, int, int]] = []
+        n = 0
+        now = time.monotonic()
+        while self._queue and n < limit:
+            work = self._queue[0]
+            if work.future.done() or work.taken >= len(work.rows):
+                self._queue.popleft()
+                continue
+            if work.taken == 0:
+                self._metrics.queue_wait_seconds.labels(self.model).observe(now - work.enqueued)
+            k = min(limit - n, len(work.rows) - work.taken)
+            parts.append((work, work.taken, work.taken + k))
+            work.taken += k
+            n += k
+            self._queued_rows -= k
+            if work.taken >= len(work.rows):
+                self._queue.popleft()
+        self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+        return parts
+
+    async def _run_batch(self, parts: list[tuple[_Work, int, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        n = sum(b - a for _, a, b in parts)
+        size = bucket_for(n, self.buckets)
+        try:
+            t0 = time.monotonic()
+            probs = await loop.run_in_executor(self._executor, self._compute, parts, n, size)
+            dt = time.monotonic() - t0
+        except Exception as exc:
+            log.exception("batch of %d rows failed on model %s", n, self.model)
+            self._metrics.batch_failures.labels(self.model).inc()
+            reason = exc.message if isinstance(exc, InferenceFailed) else type(exc).__name__
+            for work, _, _ in parts:
+                if not work.future.done():
+                    work.future.set_exception(InferenceFailed(f"inference failed for this request's batch: {reason}"))
+        else:
+            self._observe(n, size, dt)
+            offset = 0
+            for work, a, b in parts:
+                chunk = probs[offset : offset + (b - a)]
+                offset += b - a
+                if work.future.done():  # cancelled (timeout, disconnect) or failed earlier: never resolve twice
+                    continue
+                if work.out is None:
+                    work.out = np.empty((len(work.rows), probs.shape[1]), np.float32)
+                work.out[a:b] = chunk
+                work.finished += b - a
+                if work.finished == len(work.rows):
+                    work.future.set_result(work.out)
+        finally:
+            self._in_flight -= 1
+            self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
+            self._slots.release()
+            self._check_idle()
+
+    def _compute(self, parts: list[tuple[_Work, int, int]], n: int, size: int) -> np.ndarray:
+        """Executor thread: gather rows, pad to the bucket, run the model, check the row contract."""
+        batch = np.zeros((size, *self.row_shape), np.uint8)
+        offset = 0
+        for work, a, b in parts:
+            batch[offset : offset + (b - a)] = work.rows[a:b]
+            offset += b - a
+        probs = self._infer(batch)
+        if probs.ndim != 2 or probs.shape[0] != size:
+            raise InferenceFailed(f"model returned shape {list(probs.shape)} for a batch of {size} rows")
+        return probs[:n]
+
+    def _observe(self, n: int, size: int, dt: float) -> None:
+        m = self._metrics
+        m.inference_seconds.labels(self.model, self.provider).observe(dt)
+        m.batch_size.labels(self.model).observe(n)
+        m.batch_fill_ratio.labels(self.model).observe(n / size)
+        if size >= min(32, self.max_batch_size):
+            cost = dt / size
+            self._sec_per_row = cost if self._sec_per_row is None else 0.8 * self._sec_per_row + 0.2 * cost

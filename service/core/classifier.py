@@ -1,0 +1,189 @@
+"""Crops in, decisions out: decode -> resize -> (TTA views) -> batcher -> calibrated decisions.
+
+Knows nothing of HTTP: the routes hand it decoded request fields and a deadline and translate its answers
+and `service.errors` exceptions back. Decoding and preprocessing run in a small thread pool, never on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.core import tta
+from service.core.modelconfig import InputSpec
+from service.core.postprocess import Decision, decide
+from service.core.preprocess import CropError, decode_image, prepare, prepare_raw
+from service.core.registry import Registry, ServedModel
+from service.errors import DeadlineExceeded, InvalidCrops, PayloadTooLarge, UnknownProfile
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class Classification:
+    model: ServedModel
+    ids: list[str]
+    decisions: list[Decision]
+    probabilities: np.ndarray  # float32 [N, C], request order
+    tta: bool
+    profile: str
+
+
+def _crop_error(index: int, crop_id: str, reason: str, message: str) -> dict[str, Any]:
+    return {"index": index, "id": crop_id, "reason": reason, "message": message}
+
+
+def _decode_chunk(
+    images: Sequence[str | bytes], ids: Sequence[str], start: int, b64: bool, inp: InputSpec
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Executor thread: decode crops [start, start+len) to model-size uint8 rows; collect every bad crop."""
+    decoded: list[np.ndarray] = []
+    errors: list[dict[str, Any]] = []
+    for offset, item in enumerate(images):
+        i = start + offset
+        try:
+            if b64:
+                try:
+                    data = base64.b64decode(item, validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise CropError("invalid_base64", f"image is not valid standard base64 ({exc})") from exc
+            else:
+                data = item if isinstance(item, bytes) else item.encode()
+            decoded.append(decode_image(data))
+        except CropError as exc:
+            errors.append(_crop_error(i, ids[i], exc.reason, exc.message))
+    if errors:
+        return np.empty((0, inp.height, inp.width), np.uint8), errors
+    return prepare(decoded, inp), errors
+
+
+class Classifier:
+    def __init__(self, registry: Registry, settings: Settings, metrics: Metrics, executor: Executor) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self._executor = executor
+
+    def _resolve(self, model: str | None, version: str | None, profile: str | None) -> tuple[ServedModel, str]:
+        served = self.registry.get(model, version)
+        profile = profile or served.config.default_profile
+        if profile not in served.config.profiles:
+            raise UnknownProfile(f"unknown profile {profile!r}; known: {sorted(served.config.profiles)}")
+        return served, profile
+
+    def _tta_on(self, served: ServedModel, requested: bool | None) -> bool:
+        if requested is not None:
+            return requested
+        if self.settings.tta_default is not None:
+            return self.settings.tta_default
+        return served.config.tta.default
+
+    def check_count(self, n: int) -> None:
+        if n == 0:
+            raise InvalidCrops([_crop_error(0, "", "no_crops", "the request has no crops")])
+        if n > self.settings.max_crops_per_request:
+            self.metrics.rejections.labels("too_many_crops").inc()
+            raise PayloadTooLarge(f"{n} crops in one request; the limit is {self.settings.max_crops_per_request}")
+
+    async def classify_encoded(
+        self,
+        images: Sequence[str | bytes],
+        ids: Sequence[str] | None,
+        *,
+        base64_encoded: bool,
+        deadline: float,
+        model: str | None = None,
+        version: str | None = None,
+        profile: str | None = None,
+        tta_requested: bool | None = None,
+    ) -> Classification:
+        """Encoded images (base64 text or raw bytes) -> one decision per crop, in request order."""
+        self.check_count(len(images))
+        served, profile = self._resolve(model, version, profile)
+        id_list = list(ids) if ids is not None else [str(i) for i in range(len(images))]
+        use_tta = self._tta_on(served, tta_requested)
+        inp = served.config.input
+        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        threads = self.settings.preprocess_threads
+        chunk = max(64, math.ceil(len(images) / threads))
+        jobs = [
+            loop.run_in_executor(self._executor, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp)
+            for s in range(0, len(images), chunk)
+        ]
+        results = await asyncio.gather(*jobs)
+        errors = [e for _, errs in results for e in errs]
+        if errors:
+            self.metrics.rejections.labels("invalid_crop").inc()
+            raise InvalidCrops(errors)
+        rows = results[0][0] if len(results) == 1 else np.concatenate([r for r, _ in results])
+        return await self._run(served, profile, rows, id_list, use_tta, deadline, t0)
+
+    async def classify_raw(
+        self,
+        tensor: np.ndarray,
+        ids: Sequence[str] | None,
+        *,
+        deadline: float,
+        model: str | None = None,
+        version: str | None = None,
+        profile: str | None = None,
+        tta_requested: bool | None = None,
+    ) -> Classification:
+        """A uint8 [N, H, W] grayscale batch -> one decision per crop."""
+        self.check_count(int(tensor.shape[0]) if tensor.ndim else 0)
+        served, profile = self._resolve(model, version, profile)
+        id_list = list(ids) if ids is not None else [str(i) for i in range(len(tensor))]
+        use_tta = self._tta_on(served, tta_requested)
+        t0 = time.monotonic()
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(
+                self._executor, prepare_raw, tensor, served.config.input
+            )
+        except CropError as exc:
+            raise InvalidCrops([_crop_error(0, id_list[0], exc.reason, exc.message)]) from exc
+        return await self._run(served, profile, rows, id_list, use_tta, deadline, t0)
+
+    async def _run(
+        self,
+        served: ServedModel,
+        profile: str,
+        rows: np.ndarray,
+        ids: list[str],
+        use_tta: bool,
+        deadline: float,
+        t0: float,
+    ) -> Classification:
+        views = served.config.tta.views if use_tta else ("identity",)
+        if use_tta:
+            rows = await asyncio.get_running_loop().run_in_executor(self._executor, tta.expand, rows, views)
+        self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
+        budget = deadline - time.monotonic()
+        if budget <= 0:
+            raise DeadlineExceeded("the request timed out while its crops were decoded")
+        served.batcher.admit(len(rows), budget)
+        try:
+            probs = await asyncio.wait_for(served.batcher.submit(rows), budget)
+        except asyncio.TimeoutError:
+            self.metrics.rejections.labels("timeout").inc()
+            raise DeadlineExceeded(
+                f"the request did not finish within {self.settings.request_timeout_s:g}s; its queued crops were dropped"
+            ) from None
+        agree = None
+        if use_tta:
+            probs, agree = tta.reduce(probs, len(views))
+        decisions = decide(probs, served.config, profile, agree)
+        for label, count in collections.Counter(d.label for d in decisions).items():
+            self.metrics.crops.labels(served.name, label).inc(count)
+        return Classification(served, ids, decisions, probs, use_tta, profile)

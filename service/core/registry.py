@@ -1,0 +1,127 @@
+"""The model repository, loaded: every `<name>/<version>/` becomes a session plus its own batcher.
+
+Files are verified (`verified_model_path`: exists, sha256 matches config) before a session is created; a
+repository entry that fails verification stops start-up loudly rather than serving something unverified.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.core.batcher import Batcher, InferFn
+from service.core.modelconfig import ModelArtifactError, ModelConfig, list_versions, load_config, verified_model_path
+from service.core.postprocess import calibrated_probabilities
+from service.core.preprocess import normalize
+from service.core.runtime import Session, SessionFactory, active_provider
+from service.errors import ModelNotFound
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def make_infer(config: ModelConfig, session: Session) -> InferFn:
+    """uint8 [B, H, W] -> float32 [B, C] calibrated probabilities. Thread-safe (ORT's `run` is)."""
+
+    def infer(batch_u8: np.ndarray) -> np.ndarray:
+        x = normalize(batch_u8, config.preprocess, config.input.dtype)
+        (logits,) = session.run([config.output_name], {config.input.name: x})
+        return calibrated_probabilities(np.asarray(logits, dtype=np.float32), config.temperature)
+
+    return infer
+
+
+@dataclass
+class ServedModel:
+    config: ModelConfig
+    path: Path
+    session: Session
+    provider: str
+    batcher: Batcher
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+
+def _variant(config: ModelConfig, wanted: str) -> str:
+    """The requested precision's variant if the version has one, else the default (fp32)."""
+    for key, spec in config.variants.items():
+        if spec.precision == wanted:
+            return key
+    return config.default_variant
+
+
+class Registry:
+    def __init__(self, models: dict[str, dict[str, ServedModel]], default_model: str, default_version: str | None):
+        if default_model not in models:
+            raise ModelArtifactError(f"default model {default_model!r} not in the repository ({sorted(models)})")
+        self.models = models
+        self.default_model = default_model
+        self.default_version = default_version
+
+    @classmethod
+    def load(
+        cls, settings: Settings, session_factory: SessionFactory, executor: Executor, metrics: Metrics
+    ) -> Registry:
+        repo = settings.model_repository
+        if not repo.is_dir():
+            raise ModelArtifactError(f"model repository {repo} is not a folder")
+        models: dict[str, dict[str, ServedModel]] = {}
+        for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
+            for version in list_versions(repo, model_dir.name):
+                vdir = model_dir / version
+                config = load_config(vdir)
+                if (config.name, config.version) != (model_dir.name, version):
+                    raise ModelArtifactError(f"{vdir}: config names {config.name}/{config.version}")
+                path = verified_model_path(vdir, config, _variant(config, settings.model_variant))
+                session = session_factory(path, config, settings)
+                provider = active_provider(session)
+                batcher = Batcher(
+                    config.name,
+                    provider,
+                    make_infer(config, session),
+                    row_shape=(config.input.height, config.input.width),
+                    max_batch_size=settings.max_batch_size,
+                    max_delay_s=settings.max_delay_ms / 1000.0,
+                    max_in_flight=settings.max_batches_in_flight,
+                    queue_limit=settings.queue_limit,
+                    executor=executor,
+                    metrics=metrics,
+                )
+                served = ServedModel(config, path, session, provider, batcher)
+                models.setdefault(config.name, {})[version] = served
+                metrics.model_info.labels(config.name, version).info({"provider": provider, "file": path.name})
+                log.info("loaded %s/%s from %s on %s", config.name, version, path.name, provider)
+        if settings.default_version is not None:
+            versions = models.get(settings.default_model, {})
+            if settings.default_version not in versions:
+                raise ModelArtifactError(
+                    f"default version {settings.default_model}/{settings.default_version} not in the repository"
+                )
+        return cls(models, settings.default_model, settings.default_version)
+
+    def all(self) -> list[ServedModel]:
+        return [m for versions in self.models.values() for m in versions.values()]
+
+    def get(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        name = name or self.default_model
+        versions = self.models.get(name)
+        if not versions:
+            raise ModelNotFound(f"unknown model {name!r}; served: {sorted(self.models)}")
+        if version is None:
+            version = self.default_version if name == self.default_model and self.default_version else None
+        if version is None:
+            version = list(versions)[-1]  # list_versions order: highest last
+        if version not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {list(versions)}")
+        return versions[version]

@@ -1,0 +1,1 @@
+"""HTTP: thin FastAPI routers that translate requests into calls on `service.core` and back."""

@@ -1,0 +1,160 @@
+"""`POST /classify`: JSON with base64 crops, or a raw uint8 N x H x W tensor (application/octet-stream)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+
+from service.core.classifier import Classification
+from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
+from service.http.deps import State, read_body, require_auth, require_warm
+from service.http.errors import json_response
+from service.http.schemas import ClassifyRequest, ClassifyResponse, ErrorBody
+
+router = APIRouter(dependencies=[Depends(require_auth), Depends(require_warm)], tags=["classify"])
+
+_SCHEMA_REF = "#/components/schemas/{model}"
+#: components the OpenAPI document needs for the hand-declared request body (merged in by `app.py`)
+REQUEST_SCHEMA = ClassifyRequest.model_json_schema(ref_template=_SCHEMA_REF)
+OPENAPI_COMPONENTS: dict[str, Any] = REQUEST_SCHEMA.pop("$defs", {})
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "malformed request", 401: "missing/wrong bearer token", 404: "unknown model or version",
+        413: "body or crop count over the limit", 415: "unsupported content type",
+        422: "crops that cannot be used, each named", 429: "overloaded (Retry-After)",
+        500: "inference failed", 503: "not ready (Retry-After)", 504: "request timed out",
+    }.items()
+}  # fmt: skip
+
+
+def render(c: Classification) -> dict[str, Any]:
+    served = c.model
+    return {
+        "model": {"name": served.name, "version": served.version, "provider": served.provider},
+        "profile": c.profile,
+        "tta": c.tta,
+        "results": [
+            {
+                "id": crop_id,
+                "label": d.label,
+                "confidence": d.confidence,
+                "marked": d.marked,
+                "marked_probability": d.marked_probability,
+                "probabilities": d.probabilities,
+                "review": d.review,
+                "review_reasons": d.review_reasons,
+            }
+            for crop_id, d in zip(c.ids, c.decisions, strict=True)
+        ],
+    }
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
+    """pydantic errors -> a message naming the crop index (and the list of bad crops)."""
+    crops: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for err in exc.errors()[:20]:
+        loc = err.get("loc", ())
+        where = ".".join(str(p) for p in loc) or "body"
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        if len(loc) >= 2 and loc[0] == "crops" and isinstance(loc[1], int):
+            crops.append({"index": loc[1], "id": None, "reason": "invalid_field", "message": problems[-1]})
+    return "; ".join(problems), crops
+
+
+def _shape(request: Request, n: int | None, h: int | None, w: int | None) -> tuple[int, int, int]:
+    header = request.headers.get("x-crop-shape")
+    if header is not None:
+        try:
+            parts = [int(p) for p in header.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 3:
+            raise BadRequest(f"X-Crop-Shape must be 'N,H,W' (three integers), got {header!r}")
+        n, h, w = parts
+    if n is None or h is None or w is None:
+        raise BadRequest("raw tensors need their shape: header X-Crop-Shape: N,H,W or query parameters n, h, w")
+    if min(n, h, w) < 0:
+        raise BadRequest(f"shape {n},{h},{w} has a negative dimension")
+    return n, h, w
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": REQUEST_SCHEMA},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def classify(
+    request: Request,
+    state: State,
+    n: Annotated[int | None, Query(ge=0, description="raw tensor: number of crops")] = None,
+    h: Annotated[int | None, Query(ge=0, description="raw tensor: crop height")] = None,
+    w: Annotated[int | None, Query(ge=0, description="raw tensor: crop width")] = None,
+    tta: Annotated[bool | None, Query(description="raw tensor: TTA on/off")] = None,
+    profile: Annotated[str | None, Query(description="raw tensor: profile")] = None,
+    model: Annotated[str | None, Query(description="raw tensor: model name")] = None,
+    version: Annotated[str | None, Query(description="raw tensor: model version")] = None,
+) -> Response:
+    """Classify a batch of bubble crops; results come back in request order."""
+    deadline = time.monotonic() + state.settings.request_timeout_s
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    classifier = state.classifier
+    if content_type == "application/octet-stream":
+        n_, h_, w_ = _shape(request, n, h, w)
+        classifier.check_count(n_)  # before the body is read
+        body = await read_body(request, state)
+        if len(body) != n_ * h_ * w_:
+            raise InvalidCrops(
+                [{"index": 0, "id": "0", "reason": "bad_shape",
+                  "message": f"body is {len(body)} bytes; shape {n_}x{h_}x{w_} needs {n_ * h_ * w_}"}]
+            )  # fmt: skip
+        tensor = np.frombuffer(body, np.uint8).reshape(n_, h_, w_)
+        result = await classifier.classify_raw(
+            tensor, None, deadline=deadline, model=model, version=version, profile=profile, tta_requested=tta
+        )
+        return json_response(render(result))
+    if content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"Content-Type {content_type!r}: send application/json or application/octet-stream")
+    body = await read_body(request, state)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("body must be a JSON object with a 'crops' list")
+    crops = payload.get("crops")
+    if isinstance(crops, list):
+        classifier.check_count(len(crops))  # before validating or decoding anything
+    try:
+        req = ClassifyRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, bad = _validation_message(exc)
+        raise BadRequest(message, crops=bad) from None
+    ids = [c.id if c.id is not None else str(i) for i, c in enumerate(req.crops)]
+    result = await classifier.classify_encoded(
+        [c.image for c in req.crops],
+        ids,
+        base64_encoded=True,
+        deadline=deadline,
+        model=req.model,
+        version=req.version,
+        profile=req.profile,
+        tta_requested=req.tta,
+    )
+    return json_response(render(result))

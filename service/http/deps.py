@@ -1,0 +1,76 @@
+"""FastAPI dependencies: the app state, bearer-token auth, and the size-limited request body."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import PayloadTooLarge, Unauthorized, Unavailable
+from service.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.omr
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def _check_token(request: Request, token: str) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    # constant-time: the comparison takes as long for a near miss as for garbage
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        raise Unauthorized()
+
+
+def require_auth(request: Request, state: State) -> None:
+    """classify / infer endpoints: the token when one is configured."""
+    if state.token is not None:
+        _check_token(request, state.token)
+
+
+def require_warm(state: State) -> None:
+    """Inference waits for warm-up (503 + Retry-After); a draining server still serves what it accepts."""
+    if not state.warmed.is_set():
+        raise Unavailable("the model is still warming up", retry_after_s=1)
+
+
+def require_auth_health(request: Request, state: State) -> None:
+    if state.token is not None and state.settings.auth_health:
+        _check_token(request, state.token)
+
+
+def require_auth_metrics(request: Request, state: State) -> None:
+    if state.token is not None and state.settings.auth_metrics:
+        _check_token(request, state.token)
+
+
+async def read_body(request: Request, state: AppState) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `OMR_MAX_BODY_BYTES`.
+
+    Content-Length is checked before reading anything; the stream is counted too (chunked uploads, lying
+    headers), so an oversized body is never held in memory whole.
+    """
+    limit = state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            size = -1
+        if size > limit:
+            state.metrics.rejections.labels("body_too_large").inc()
+            raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            state.metrics.rejections.labels("body_too_large").inc()
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

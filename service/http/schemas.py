@@ -1,0 +1,51 @@
+"""Request/response schemas of `POST /classify` (validation + the OpenAPI document)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Crop(_Strict):
+    id: str | None = Field(None, max_length=256, description="Echoed back; default: the crop's index.")
+    image: str = Field(description="Standard base64 (RFC 4648, no whitespace) of a PNG/JPEG/BMP/TIFF/WebP image.")
+
+
+class ClassifyRequest(_Strict):
+    crops: list[Crop] = Field(description="Crops to classify; each side 8-512 px, resized per the model config.")
+    tta: bool | None = Field(None, description="Test-time augmentation; default from settings/model config.")
+    profile: str | None = Field(None, description="Which classes count as marked (e.g. ink, fill, check-correct).")
+    model: str | None = Field(None, description="Model name; default OMR_DEFAULT_MODEL.")
+    version: str | None = Field(None, description="Model version; default the configured or highest one.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    provider: str
+
+
+class CropResult(BaseModel):
+    id: str
+    label: str
+    confidence: float = Field(description="Calibrated probability of `label` (the top class).")
+    marked: bool
+    marked_probability: float = Field(description="Sum of the profile's marked classes' probabilities.")
+    probabilities: dict[str, float]
+    review: bool
+    review_reasons: list[str] = Field(description="low_confidence, small_binary_margin, tta_disagreement")
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    profile: str
+    tta: bool
+    results: list[CropResult]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    code: str
