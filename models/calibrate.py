@@ -88,18 +88,17 @@ def fit_temperature(
     return float(math.exp((lo + hi) / 2))
 
 
-def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
-    """NLL, ECE (15 bins) and accuracy with T = 1 and with `temperature`, on the given crops."""
-    before = calibrated_probabilities(logits, 1.0)
-    after = calibrated_probabilities(logits, temperature)
-    return {
-        "n": len(labels),
-        "nll_before": nll(logits, labels, 1.0),
-        "nll_after": nll(logits, labels, temperature),
-        "ece_before": expected_calibration_error(before, labels),
-        "ece_after": expected_calibration_error(after, labels),
-        "accuracy": float((logits.argmax(1) == labels).mean()),
-    }
+def calibration_report(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, previous: float | None = None
+) -> dict[str, float]:
+    """NLL, ECE (15 bins) and accuracy with T = 1 ("before"), with `temperature` ("after") and, if given,
+    with the `previous` temperature (e.g. the one already in the checkpoint), on the given crops."""
+    temps = {"before": 1.0, "after": temperature, **({"previous": previous} if previous is not None else {})}
+    out: dict[str, float] = {"n": len(labels), "accuracy": float((logits.argmax(1) == labels).mean())}
+    for name, t in temps.items():
+        out[f"nll_{name}"] = nll(logits, labels, t)
+        out[f"ece_{name}"] = expected_calibration_error(calibrated_probabilities(logits, t), labels)
+    return out
 
 
 def split_groups(groups: Sequence[str], fit_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "temperature": temperature,
         "previous_temperature": float(meta.get("temperature", 1.0)),
         "fit": {"n": int(fit.sum()), "groups": len({g for g, f in zip(groups, fit, strict=True) if f})},
-        "held_out": calibration_report(logits[held], y[held], temperature),
+        "held_out": calibration_report(logits[held], y[held], temperature, float(meta.get("temperature", 1.0))),
         "written": not args.dry_run,
         # at a bound the search did not find an interior optimum (e.g. an untrained model: T -> infinity)
         "at_bound": bool(min(abs(math.log(temperature / b)) for b in T_BOUNDS) < 1e-3),
@@ -201,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"held-out ({h['n']} crops): NLL {h['nll_before']:.4f} -> {h['nll_after']:.4f}, "
-            f"ECE {h['ece_before']:.4f} -> {h['ece_after']:.4f}, accuracy {h['accuracy']:.4f}"
+            f"ECE {h['ece_before']:.4f} -> {h['ece_after']:.4f}, accuracy {h['accuracy']:.4f}; with the previous "
+            f"T: NLL {h['nll_previous']:.4f}, ECE {h['ece_previous']:.4f}"
         )
         if report["at_bound"]:
             print(f"warning: T is at the search bound {T_BOUNDS}; the model's logits carry little signal")

@@ -211,3 +211,26 @@ def test_evaluate_arrays_applies_config_temperature_and_review(known_logits) -> 
     assert r["accuracy"] == 1.0 and r["review_flagged"] == 1
     p = [_softmax(known_logits(v) / 2.0) for v in (DARK, GREY)]
     assert r["nll"] == pytest.approx(-np.mean([np.log(q[1]) for q in p]), rel=1e-5)
+
+
+def test_evaluate_batch_size_does_not_change_results(make_model, write_labelled, tmp_path, capsys) -> None:
+    labels, model = str(write_labelled(ROWS)), str(make_model())
+    reports = []
+    for batch in ("1", "7", "256"):  # with 5 TTA views: 1 crop per call, 1 crop, 51 crops
+        argv = [
+            "--model",
+            model,
+            "--labels",
+            labels,
+            "--tta",
+            "--json",
+            "--batch",
+            batch,
+            "--out",
+            str(tmp_path / batch),
+        ]
+        assert main(argv) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    for r in reports[1:]:
+        for key in ("accuracy", "binary_accuracy", "confusion", "ece", "nll", "review_flagged"):
+            assert r[key] == reports[0][key]
