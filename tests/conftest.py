@@ -39,19 +39,19 @@ def random_crops(n: int, seed: int = 0, min_side: int = 12, max_side: int = 64) 
     return crops
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_crops() -> Callable[..., list[np.ndarray]]:
     """`make_crops(n, seed=0, min_side=12, max_side=64)` -> random grayscale crops."""
     return random_crops
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def encode_image() -> Callable[..., bytes]:
     """`encode_image(img, ".png")` -> encoded image bytes (cv2.imencode)."""
     return encode
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def b64_crops() -> Callable[..., list[dict[str, str]]]:
     """`b64_crops(images, ext=".png")` -> the `crops` list of a /classify JSON body (ids q0, q1, ...)."""
 
@@ -62,7 +62,7 @@ def b64_crops() -> Callable[..., list[dict[str, str]]]:
 
 
 @contextlib.contextmanager
-def serve(app: object, timeout_s: float = 30.0) -> Iterator[str]:
+def serve(app: object, timeout_s: float = 30.0, headers: dict[str, str] | None = None) -> Iterator[str]:
     """Run `app` on a real uvicorn server on 127.0.0.1 (free port) in a thread; yield its base URL once ready."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,7 +78,7 @@ def serve(app: object, timeout_s: float = 30.0) -> Iterator[str]:
         while True:
             assert thread.is_alive(), "server thread died during start-up"
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}/readyz", headers=headers, timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -91,7 +91,7 @@ def serve(app: object, timeout_s: float = 30.0) -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def live_server() -> Callable[[object], contextlib.AbstractContextManager[str]]:
     """`with live_server(create_app(settings)) as url:` - a real uvicorn on 127.0.0.1."""
     return serve

@@ -1,0 +1,194 @@
+"""The dynamic batcher in-process, with a real (numpy) model function in a real thread pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.core.batcher import Batcher, bucket_for, buckets
+from service.errors import InferenceFailed, Overloaded
+from service.metrics import Metrics
+
+H = W = 4
+
+
+class Model:
+    """[B,H,W] uint8 -> [B,2]: column 0 is the row's first pixel (identifies the row), column 1 its complement.
+    Records every batch it saw; fails on a batch holding a row marked 255; can be held to fill the queue."""
+
+    def __init__(self, wrong_rows: bool = False) -> None:
+        self.seen: list[np.ndarray] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.wrong_rows = wrong_rows
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(10)
+        self.seen.append(batch.copy())
+        if (batch[:, 0, 0] == 255).any():
+            raise RuntimeError("marked input")
+        v = batch[:, 0, 0].astype(np.float32)
+        out = np.stack([v, 1000 - v], axis=1)
+        return out[:-1] if self.wrong_rows else out
+
+
+def rows(values: list[int]) -> np.ndarray:
+    out = np.zeros((len(values), H, W), np.uint8)
+    out[:, 0, 0] = values
+    return out
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(2) as ex:
+        yield ex
+
+
+def make(model: Model, pool: ThreadPoolExecutor, **kw: float) -> Batcher:
+    opts = {"max_batch_size": 8, "max_delay_s": 0.01, "max_in_flight": 1, "queue_limit": 1000}
+    opts.update(kw)
+    return Batcher("m", "CPU", model, row_shape=(H, W), executor=pool, metrics=Metrics(), **opts)
+
+
+def test_buckets_powers_of_two_capped() -> None:
+    assert buckets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert buckets(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert buckets(1) == [1]
+    assert bucket_for(5, buckets(100)) == 8 and bucket_for(65, buckets(100)) == 100
+
+
+def test_submit_large_request_split_and_padded(pool) -> None:
+    model = Model()
+
+    async def go() -> np.ndarray:
+        b = make(model, pool)
+        b.start()
+        try:
+            return await b.submit(rows(list(range(1, 21))))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(go())
+    assert out[:, 0].tolist() == list(range(1, 21))  # order kept across three batches
+    assert [len(s) for s in model.seen] == [8, 8, 4]  # split at max_batch_size; 4 real rows stay bucket 4
+    assert all(len(s) in buckets(8) for s in model.seen)
+
+
+def test_submit_concurrent_requests_share_batches(pool) -> None:
+    model = Model()
+
+    async def go() -> list[np.ndarray]:
+        b = make(model, pool, max_batch_size=64, max_delay_s=0.05)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(rows([k, k, k])) for k in range(1, 11)))
+        finally:
+            await b.stop()
+
+    outs = asyncio.run(go())
+    for k, out in enumerate(outs, start=1):
+        assert out[:, 0].tolist() == [k, k, k]
+    assert len(model.seen) == 1 and len(model.seen[0]) == 32  # 30 rows in one call, padded to 32
+    assert (model.seen[0][30:] == 0).all()
+
+
+def test_submit_cancelled_request_never_computed(pool) -> None:
+    model = Model()
+
+    async def go() -> np.ndarray:
+        b = make(model, pool, max_delay_s=0)
+        b.start()
+        model.gate.clear()  # hold the first batch in the model
+        first = asyncio.ensure_future(b.submit(rows([1])))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(b.submit(rows([7, 7])))
+        await asyncio.sleep(0.01)
+        assert b.queued_rows == 2
+        doomed.cancel()
+        await asyncio.sleep(0)
+        assert b.queued_rows == 0  # its rows no longer count
+        model.gate.set()
+        result = await first
+        assert await b.drain(5)
+        await b.stop()
+        return result
+
+    out = asyncio.run(go())
+    assert out[:, 0].tolist() == [1]
+    assert all(7 not in s[:, 0, 0] for s in model.seen)
+
+
+def test_batch_failure_fails_only_its_requests(pool) -> None:
+    model = Model()
+
+    async def go() -> None:
+        b = make(model, pool)
+        b.start()
+        with pytest.raises(InferenceFailed, match="RuntimeError"):
+            await b.submit(rows([3, 255]))
+        ok = await b.submit(rows([4]))  # the loop survived
+        assert ok[:, 0].tolist() == [4]
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_batch_wrong_row_count_fails_loudly(pool) -> None:
+    async def go() -> None:
+        b = make(Model(wrong_rows=True), pool)
+        b.start()
+        with pytest.raises(InferenceFailed, match="shape"):
+            await b.submit(rows([1, 2, 3]))
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_admit_queue_full_rejects_with_retry_after(pool) -> None:
+    model = Model()
+
+    async def go() -> None:
+        b = make(model, pool, queue_limit=10, max_delay_s=0)
+        b.start()
+        b.warm()  # seeds the row-cost estimate
+        model.gate.clear()
+        running = asyncio.ensure_future(b.submit(rows([1] * 8)))  # taken into the (held) batch
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(b.submit(rows([2] * 8)))  # waits in the queue
+        await asyncio.sleep(0.01)
+        b.admit(2, budget_s=10)  # 8 + 2 <= 10: accepted
+        with pytest.raises(Overloaded) as info:
+            b.admit(3, budget_s=10)
+        assert info.value.status == 429 and int(info.value.headers()["Retry-After"]) >= 1
+        model.gate.set()
+        await asyncio.gather(running, queued)
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_admit_estimated_wait_over_budget_rejects_early(pool) -> None:
+    model = Model()
+
+    async def go() -> None:
+        b = make(model, pool, queue_limit=10_000, max_delay_s=0)
+        b.start()
+        b._sec_per_row = 0.01  # observed cost: 10 ms per row
+        model.gate.clear()
+        held = asyncio.ensure_future(b.submit(rows([1] * 8)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(b.submit(rows([2] * 100)))
+        await asyncio.sleep(0.01)
+        assert b.estimated_wait_s(50) == pytest.approx(1.5)
+        b.admit(50, budget_s=2.0)
+        with pytest.raises(Overloaded, match="estimated wait"):
+            b.admit(50, budget_s=1.0)
+        model.gate.set()
+        await asyncio.gather(held, queued)
+        await b.stop()
+
+    asyncio.run(go())
