@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from service.core import trt_cache
 from service.core.modelconfig import ModelConfig
 from service.settings import Settings
 
@@ -30,28 +31,34 @@ class Session(Protocol):
 SessionFactory = Callable[[Path, ModelConfig, Settings], Session]
 
 
-def provider_options(name: str, config: ModelConfig, settings: Settings) -> dict[str, str]:
-    """Options per provider (see ORT's TensorRT / CUDA execution provider docs)."""
+def _variant_sha(config: ModelConfig, path: Path) -> str:
+    for spec in config.variants.values():
+        if spec.file == path.name:
+            return spec.sha256
+    return config.variants[config.default_variant].sha256
+
+
+def provider_options(name: str, path: Path, config: ModelConfig, settings: Settings) -> dict[str, str]:
+    """Options per provider (ORT's TensorRT / CUDA execution-provider documentation)."""
     if name == "TensorrtExecutionProvider":
-        inp = config.input
-        trt = config.tensorrt
-        cache = settings.trt_cache_dir / f"{config.name}-{config.version}"
-        cache.mkdir(parents=True, exist_ok=True)
-
-        def shape(batch: int) -> str:
-            return f"{inp.name}:{batch}x{inp.channels}x{inp.height}x{inp.width}"
-
-        return {
-            "trt_fp16_enable": str(trt.fp16),
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": str(cache),
-            # explicit profile: every padded bucket (1..max) fits, so the engine is never rebuilt
-            "trt_profile_min_shapes": shape(trt.min_batch),
-            "trt_profile_opt_shapes": shape(min(trt.opt_batch, settings.max_batch_size)),
-            "trt_profile_max_shapes": shape(max(trt.max_batch, settings.max_batch_size)),
-        }
+        folder = trt_cache.cache_dir(
+            settings.trt_cache_dir,
+            config.name,
+            _variant_sha(config, path),
+            ort.__version__,
+            trt_cache.tensorrt_version() or "unknown",
+            trt_cache.gpu_name() or "unknown",
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = config.tensorrt
+        # every padded bucket (1 .. max_batch_size) must fit the profile, so the engine is never rebuilt
+        spec = spec.model_copy(
+            update={
+                "opt_batch": min(spec.opt_batch, settings.max_batch_size),
+                "max_batch": max(spec.max_batch, settings.max_batch_size),
+            }
+        )
+        return trt_cache.provider_options(config.input, spec, folder)
     if name == "CUDAExecutionProvider":
         return {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "True"}
     return {}
@@ -77,7 +84,7 @@ def create_session(path: Path, config: ModelConfig, settings: Settings) -> ort.I
     return ort.InferenceSession(
         str(path),
         sess_options=opts,
-        providers=[(p, provider_options(p, config, settings)) for p in providers],
+        providers=[(p, provider_options(p, path, config, settings)) for p in providers],
     )
 
 

@@ -192,3 +192,10 @@ def test_admit_estimated_wait_over_budget_rejects_early(pool) -> None:
         await b.stop()
 
     asyncio.run(go())
+
+
+def test_warm_runs_every_bucket_once(pool) -> None:
+    model = Model()
+    b = make(model, pool, max_batch_size=8)
+    assert len(b.warm()) == 4
+    assert [len(s) for s in model.seen] == [1, 2, 4, 8]

@@ -1,0 +1,111 @@
+"""Model repository loading and ONNX Runtime session set-up, on the bundled model and edited copies of it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from service.app import _build_state
+from service.core.modelconfig import ModelArtifactError, load_config
+from service.core.registry import Registry
+from service.core.runtime import active_provider, available_providers, create_session, provider_options
+from service.errors import ModelNotFound
+from service.metrics import Metrics
+from service.settings import BUNDLED_REPOSITORY, Settings
+
+BUNDLED = BUNDLED_REPOSITORY / "omr-bubble" / "1"
+
+
+def _repo_with_versions(tmp_path: Path, versions: list[str]) -> Path:
+    for v in versions:
+        dst = tmp_path / "omr-bubble" / v
+        shutil.copytree(BUNDLED, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["version"] = v
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def _load(settings: Settings) -> Registry:
+    with ThreadPoolExecutor(1) as pool:
+        return Registry.load(settings, create_session, pool, Metrics())
+
+
+def test_available_providers_skips_missing_keeps_cpu() -> None:
+    chosen = available_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert chosen[-1] == "CPUExecutionProvider"
+    import onnxruntime as ort
+
+    assert set(chosen) <= set(ort.get_available_providers())
+
+
+def test_provider_options_trt_profile_covers_every_bucket(tmp_path: Path) -> None:
+    config = load_config(BUNDLED)
+    settings = Settings(trt_cache_dir=tmp_path, max_batch_size=2048)
+    opts = provider_options("TensorrtExecutionProvider", BUNDLED / "model.onnx", config, settings)
+    assert opts["trt_profile_min_shapes"] == "input:1x1x32x32"
+    assert opts["trt_profile_max_shapes"] == "input:2048x1x32x32"
+    assert opts["trt_engine_cache_enable"] == "True" and Path(opts["trt_engine_cache_path"]).is_dir()
+    cuda = provider_options("CUDAExecutionProvider", BUNDLED / "model.onnx", config, settings)
+    assert cuda == {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "True"}
+
+
+def test_create_session_reports_active_provider() -> None:
+    config = load_config(BUNDLED)
+    session = create_session(BUNDLED / "model.onnx", config, Settings(intra_op_threads=1))
+    assert active_provider(session) == session.get_providers()[0]
+
+
+def test_registry_highest_version_default_and_pinned(tmp_path: Path) -> None:
+    repo = _repo_with_versions(tmp_path, ["1", "2", "10"])
+    reg = _load(Settings(model_repository=repo))
+    assert reg.get().version == "10"  # numeric order, as Triton
+    assert reg.get("omr-bubble", "2").version == "2"
+    assert _load(Settings(model_repository=repo, default_version="2")).get().version == "2"
+    with pytest.raises(ModelNotFound, match="no version"):
+        reg.get("omr-bubble", "3")
+    with pytest.raises(ModelNotFound, match="unknown model"):
+        reg.get("other")
+
+
+def test_registry_refuses_tampered_model_file(tmp_path: Path) -> None:
+    repo = _repo_with_versions(tmp_path, ["1"])
+    onnx_file = repo / "omr-bubble" / "1" / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    with pytest.raises(ModelArtifactError, match="sha256 mismatch"):
+        _load(Settings(model_repository=repo))
+
+
+def test_registry_refuses_missing_default_model(tmp_path: Path) -> None:
+    repo = _repo_with_versions(tmp_path, ["1"])
+    with pytest.raises(ModelArtifactError, match="default model"):
+        _load(Settings(model_repository=repo, default_model="absent"))
+
+
+def test_require_provider_missing_keeps_readiness_false() -> None:
+    settings = Settings(require_provider="TensorrtExecutionProvider", providers=["CPUExecutionProvider"])
+    state = _build_state(settings, create_session)
+    try:
+        state.warm()
+        assert not state.ready
+        assert any("TensorrtExecutionProvider is required" in r for r in state.not_ready_reasons())
+    finally:
+        state.inference_pool.shutdown()
+        state.preprocess_pool.shutdown()
+
+
+def test_warm_runs_every_bucket_then_ready() -> None:
+    state = _build_state(Settings(max_batch_size=16), create_session)
+    try:
+        assert not state.ready and state.not_ready_reasons() == ["warming up"]
+        state.warm()
+        assert state.ready
+        state.start_draining()
+        assert state.not_ready_reasons() == ["shutting down"]
+    finally:
+        state.inference_pool.shutdown()
+        state.preprocess_pool.shutdown()
