@@ -158,13 +158,16 @@ def _int8(
     heldout, _ = data.calibration_crops(512, opts.calibration_seed + 1, config.input, config.preprocess)
     ref_top = reference(heldout).argmax(1)
     candidates, agreement = {}, {}
-    for per_channel in (True, False):
-        proto = variants.quantize_int8(fp32, calib, per_channel)
-        (logits,) = parity.session(proto.SerializeToString(), opts.threads).run([OUTPUT_NAME], {INPUT_NAME: heldout})
-        key = "per_channel" if per_channel else "per_tensor"
-        candidates[key], agreement[key] = proto, float((np.asarray(logits).argmax(1) == ref_top).mean())
-    best = max(candidates, key=lambda k: (agreement[k], k == "per_channel"))
-    build = variants.int8_settings(best == "per_channel", source, agreement)
+    for method in variants.CALIBRATION_METHODS:
+        for per_channel in (True, False):
+            proto = variants.quantize_int8(fp32, calib, per_channel, method)
+            sess = parity.session(proto.SerializeToString(), opts.threads)
+            (logits,) = sess.run([OUTPUT_NAME], {INPUT_NAME: heldout})
+            key = f"{method}/{'per_channel' if per_channel else 'per_tensor'}"
+            candidates[key], agreement[key] = proto, float((np.asarray(logits).argmax(1) == ref_top).mean())
+    best = max(candidates, key=lambda k: agreement[k])  # first listed wins a tie: MinMax, per-channel
+    method, granularity = best.split("/")
+    build = variants.int8_settings(granularity == "per_channel", method, source, agreement)
     try:
         spec = _check("int8", candidates[best], reference, probe, INT8, real, config, opts, built, build)
     except ExportError as exc:
