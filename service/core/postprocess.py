@@ -47,22 +47,28 @@ def decide(probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.n
     rv = config.review
     out: list[Decision] = []
     classes = config.classes
-    for i in range(len(probs)):
+    # python floats once, up front: per-element numpy scalar conversion dominated this loop for big requests
+    rows = probs.tolist()
+    conf_l = conf.tolist()
+    marked_l = np.minimum(marked_p, 1.0).tolist()
+    top_l = top.tolist()
+    agree_l = tta_agree.tolist() if tta_agree is not None and rv.tta_disagreement else None
+    for i, row in enumerate(rows):
         reasons: list[str] = []
-        if conf[i] < rv.min_confidence:
+        if conf_l[i] < rv.min_confidence:
             reasons.append("low_confidence")
-        if abs(float(marked_p[i]) - 0.5) * 2.0 < rv.min_binary_margin:
+        if abs(marked_l[i] - 0.5) * 2.0 < rv.min_binary_margin:
             reasons.append("small_binary_margin")
-        if tta_agree is not None and rv.tta_disagreement and not tta_agree[i]:
+        if agree_l is not None and not agree_l[i]:
             reasons.append("tta_disagreement")
-        mp = float(min(1.0, marked_p[i]))
+        mp = marked_l[i]
         out.append(
             Decision(
-                label=classes[int(top[i])],
-                confidence=float(conf[i]),
+                label=classes[top_l[i]],
+                confidence=conf_l[i],
                 marked=mp >= 0.5,
                 marked_probability=mp,
-                probabilities={c: float(p) for c, p in zip(classes, probs[i], strict=True)},
+                probabilities=dict(zip(classes, row, strict=True)),
                 review_reasons=reasons,
             )
         )
