@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.core.classifier import Classification
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
-from service.http.deps import State, read_body, require_auth, require_warm
+from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response
 from service.http.schemas import ClassifyRequest, ClassifyResponse, ErrorBody
 
@@ -125,8 +125,12 @@ async def classify(
                   "message": f"body is {len(body)} bytes; shape {n_}x{h_}x{w_} needs {n_ * h_ * w_}"}]
             )  # fmt: skip
         tensor = np.frombuffer(body, np.uint8).reshape(n_, h_, w_)
-        result = await classifier.classify_raw(
-            tensor, None, deadline=deadline, model=model, version=version, profile=profile, tta_requested=tta
+        result = await until_disconnect(
+            request,
+            state,
+            classifier.classify_raw(
+                tensor, None, deadline=deadline, model=model, version=version, profile=profile, tta_requested=tta
+            ),
         )
         return json_response(render(result))
     if content_type not in ("application/json", ""):
@@ -147,7 +151,7 @@ async def classify(
         message, bad = _validation_message(exc)
         raise BadRequest(message, crops=bad) from None
     ids = [c.id if c.id is not None else str(i) for i, c in enumerate(req.crops)]
-    result = await classifier.classify_encoded(
+    work = classifier.classify_encoded(
         [c.image for c in req.crops],
         ids,
         base64_encoded=True,
@@ -157,4 +161,5 @@ async def classify(
         profile=req.profile,
         tta_requested=req.tta,
     )
+    result = await until_disconnect(request, state, work)
     return json_response(render(result))

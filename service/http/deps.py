@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from service.errors import PayloadTooLarge, Unauthorized, Unavailable
 from service.state import AppState
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was ready; its queued work was dropped."""
 
 
 def get_state(request: Request) -> AppState:
@@ -27,24 +35,24 @@ def _check_token(request: Request, token: str) -> None:
         raise Unauthorized()
 
 
-def require_auth(request: Request, state: State) -> None:
+async def require_auth(request: Request, state: State) -> None:
     """classify / infer endpoints: the token when one is configured."""
     if state.token is not None:
         _check_token(request, state.token)
 
 
-def require_warm(state: State) -> None:
+async def require_warm(state: State) -> None:
     """Inference waits for warm-up (503 + Retry-After); a draining server still serves what it accepts."""
     if not state.warmed.is_set():
         raise Unavailable("the model is still warming up", retry_after_s=1)
 
 
-def require_auth_health(request: Request, state: State) -> None:
+async def require_auth_health(request: Request, state: State) -> None:
     if state.token is not None and state.settings.auth_health:
         _check_token(request, state.token)
 
 
-def require_auth_metrics(request: Request, state: State) -> None:
+async def require_auth_metrics(request: Request, state: State) -> None:
     if state.token is not None and state.settings.auth_metrics:
         _check_token(request, state.token)
 
@@ -74,3 +82,27 @@ async def read_body(request: Request, state: AppState) -> bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def until_disconnect(request: Request, state: AppState, work: Awaitable[T]) -> T:
+    """Await `work` (after the body was read), cancelling it if the client disconnects first.
+
+    Cancelling cancels the batcher future, so the request's still-queued rows are dropped instead of computed.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    state.metrics.rejections.labels("client_disconnected").inc()
+    raise ClientDisconnected()

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
+from service.http.deps import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    # nobody is listening; the status is for the access log and metrics (nginx's "client closed request")
+    return error_response(499, "client_disconnected", "client disconnected")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> Response:
     log.error("unhandled %s", type(exc).__name__, exc_info=exc)
     return error_response(500, "internal", "internal server error")  # no stack trace ever leaves the process
@@ -55,4 +61,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -25,7 +25,7 @@ from service import __version__
 from service.core.classifier import Classification
 from service.core.registry import ServedModel
 from service.errors import BadRequest
-from service.http.deps import State, read_body, require_auth, require_auth_health, require_warm
+from service.http.deps import State, read_body, require_auth, require_auth_health, require_warm, until_disconnect
 from service.http.errors import json_response
 
 HEADER = "Inference-Header-Content-Length"
@@ -227,10 +227,11 @@ async def _infer(request: Request, state: State, name: str, version: str | None)
                               "profile": profile, "tta_requested": tta}  # fmt: skip
     if kind == "pixels":
         assert isinstance(data, np.ndarray)
-        result = await state.classifier.classify_raw(data, None, **common)
+        result = await until_disconnect(request, state, state.classifier.classify_raw(data, None, **common))
     else:
         assert isinstance(data, list)
-        result = await state.classifier.classify_encoded(data, None, base64_encoded=kind == "base64", **common)
+        work = state.classifier.classify_encoded(data, None, base64_encoded=kind == "base64", **common)
+        result = await until_disconnect(request, state, work)
     return _encode(req, served, result)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from service.app import create_app
@@ -148,3 +149,34 @@ def test_token_file_is_read(tmp_path, live_server, encode_image) -> None:
     with live_server(create_app(Settings(auth_token_file=secret, auth_health=True)), headers=headers) as url:
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 401
         assert httpx.get(f"{url}/healthz", headers=headers, timeout=5).status_code == 200
+
+
+def test_client_disconnect_drops_its_queued_rows(live_server, encode_image) -> None:
+    gate = threading.Event()
+    settings = Settings(max_delay_ms=0, max_batches_in_flight=1)
+    with live_server(faulty_app(settings, gate)) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=url, timeout=15) as c:
+                held = asyncio.ensure_future(c.post("/classify", json={"crops": [crop(STALL, encode_image)]}))
+                await asyncio.sleep(0.1)
+                # a raw client that sends 7 crops and hangs up while they wait in the queue
+                body = orjson.dumps({"crops": [crop(100, encode_image)] * 7})
+                _reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"POST /classify HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                assert metric((await c.get("/metrics")).text, "omr_queue_depth_rows") == 7
+                writer.close()
+                await writer.wait_closed()
+                await asyncio.sleep(0.2)
+                text = (await c.get("/metrics")).text
+                assert metric(text, "omr_queue_depth_rows") == 0
+                assert 'omr_rejections_total{reason="client_disconnected"} 1.0' in text
+                gate.set()
+                return await held
+
+        assert asyncio.run(go()).status_code == 200
+        assert httpx.post(f"{url}/classify", json={"crops": [crop(90, encode_image)]}, timeout=10).status_code == 200
