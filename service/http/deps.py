@@ -19,7 +19,8 @@ class ClientDisconnected(Exception):
     """The client went away before its answer was ready; its queued work was dropped."""
 
 
-def get_state(request: Request) -> AppState:
+# async: a sync dependency runs in the anyio thread pool, a thread hop per request (py-spy: loadtest.profile)
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.omr
     return state
 
