@@ -2,9 +2,10 @@
 `python -m loadtest.profile --shape sheets --seconds 10 --out runs/profile`.
 
 Starts `python -m service` on 127.0.0.1, drives it with wrk, and samples every thread of the service with
-`py-spy record` (native frames included, so time inside ONNX Runtime / OpenCV / zlib shows up under the
-Python call that entered it). Writes `<shape>.svg` (flame graph), `<shape>.txt` (collapsed stacks) and
-`<shape>-top.md`: the functions with the most samples, self and inclusive, i.e. the hot spots.
+`py-spy record --nonblocking` (time inside ONNX Runtime / OpenCV / zlib counts for the Python call that
+entered it; `--native` resolves C frames too, at the cost of pausing the service per sample).
+Writes `<shape>.svg` (flame graph), `<shape>.txt` (collapsed stacks) and `<shape>-top.md`: the
+functions with the most samples, self and inclusive, i.e. the hot spots.
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ def top_markdown(shape: str, collapsed: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.profile", description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=["sheets", "single", "sheets-raw"], default="sheets")
+    p.add_argument("--shape", choices=["sheets", "single", "sheets-raw", "idle-sheet"], default="sheets")
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=Path("runs/profile"))
+    p.add_argument("--native", action="store_true", help="resolve C frames (pauses the service per sample)")
+    p.add_argument("--gil", action="store_true", help="only samples holding the GIL: where Python time goes")
     p.add_argument("--env", nargs="*", default=[], metavar="OMR_X=V", help="settings for the service")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy")
@@ -82,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         "sheets": lambda: scenarios.sheets_json(pool, 64, 8),
         "single": lambda: scenarios.single_json(pool, 64),
         "sheets-raw": lambda: scenarios.sheets_raw(pool, 64, 8),
+        "idle-sheet": lambda: scenarios.sheets_json(pool, 100, 1, n_bodies=8, name="idle-sheet"),
     }[args.shape]()
     env = dict(kv.split("=", 1) for kv in args.env)
+    # --nonblocking samples without pausing the service (blocking sampling cut its throughput 10x here);
+    # --native pauses it but resolves C frames (ORT, OpenCV, zlib): use it to split time inside C calls
+    spy_mode = (["--native"] if args.native else ["--nonblocking"]) + (["--gil"] if args.gil else [])
     with server.running(env, log_path=args.out / "service.log") as svc:
         scenarios.check_once(svc, shape)
         result: dict[str, object] = {}
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for fmt, suffix in (("raw", ".txt"), ("flamegraph", ".svg")):
             subprocess.run(
                 [spy, "record", "--pid", str(svc.process.pid), "--duration", str(args.seconds // 2 or 1),
-                 "--rate", str(args.rate), "--native", "--threads", "--format", fmt,
+                 "--rate", str(args.rate), *spy_mode, "--threads", "--format", fmt,
                  "-o", str(base) + suffix],
                 check=True, capture_output=True, timeout=args.seconds + 60,
             )  # fmt: skip

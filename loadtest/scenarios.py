@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from collections import defaultdict
 from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import wrkrun
 from loadtest.crops import CropPool, check_response
@@ -74,16 +77,57 @@ def check_once(svc: Service, sc: Scenario, timeout_s: float = 30.0) -> None:
         raise RuntimeError(f"{sc.name}: bad response: {why}")
 
 
+#: histograms whose mean per observation the benchmark reports (where a request's time goes)
+STAGES = {
+    "omr_request_duration_seconds": "request_ms",
+    "omr_preprocess_duration_seconds": "preprocess_ms",
+    "omr_queue_wait_seconds": "queue_wait_ms",
+    "omr_inference_duration_seconds": "batch_inference_ms",
+    "omr_batch_size_rows": "batch_rows",
+}
+
+
+def histogram_totals(svc: Service) -> dict[str, tuple[float, float]]:
+    """(sum, count) per histogram named in STAGES, over all label values, from GET /metrics."""
+    try:
+        with urllib.request.urlopen(f"{svc.url}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for family in text_string_to_metric_families(text):
+        if family.name not in STAGES:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                out[family.name][0] += sample.value
+            elif sample.name.endswith("_count"):
+                out[family.name][1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean per observation of each stage between two scrapes (ms for durations, rows for batch size)."""
+    means = {}
+    for name, label in STAGES.items():
+        if name in before and name in after and after[name][1] > before[name][1]:
+            mean = (after[name][0] - before[name][0]) / (after[name][1] - before[name][1])
+            means[label] = mean * 1e3 if label.endswith("_ms") else mean
+    return means
+
+
 def measure(svc: Service, sc: Scenario, duration_s: float, warmup_s: float) -> dict[str, object]:
     """Warm up, then one bounded wrk run; crops/s, latency, and crops per CPU-second of the service."""
     check_once(svc, sc)
     url = f"{svc.url}/classify"
     if warmup_s > 0:
         wrkrun.run(url, list(sc.bodies), sc.connections, warmup_s)
+    hist0 = histogram_totals(svc)
     cpu0, t0 = svc.cpu_seconds(), time.monotonic()
     res = wrkrun.run(url, list(sc.bodies), sc.connections, duration_s)
     cpu = svc.cpu_seconds() - cpu0
     elapsed = time.monotonic() - t0
+    stages = stage_means(hist0, histogram_totals(svc))
     ok_requests = res.requests - res.errors["status"]
     crops = ok_requests * sc.crops_per_request
     return {
@@ -96,5 +140,6 @@ def measure(svc: Service, sc: Scenario, duration_s: float, warmup_s: float) -> d
         "service_cores_used": cpu / elapsed if elapsed else 0.0,
         "crops_per_service_cpu_s": crops / cpu if cpu > 0 else 0.0,
         "rss_mb": svc.rss_bytes() / 2**20,
+        "stages": stages,
         **res.to_dict(),
     }
