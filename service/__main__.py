@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-batches-in-flight", type=int)
     p.add_argument("--queue-limit", type=int)
     p.add_argument("--request-timeout-s", type=float)
+    p.add_argument("--admission-wait-fraction", type=float)
     p.add_argument("--max-body-bytes", type=int)
     p.add_argument("--max-crops-per-request", type=int)
     p.add_argument("--shutdown-delay-s", type=float)

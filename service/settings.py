@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     max_batches_in_flight: int = Field(2, ge=1, le=64, description="Model calls running at once.")
     queue_limit: int = Field(16384, ge=1, description="Rows waiting for a batch; beyond it requests get 429.")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="Per-request deadline; then 504.")
+    admission_wait_fraction: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Admit a request only if its estimated queue wait is below this fraction of its remaining "
+        "time; the rest is headroom for decoding, replying and noise in the observed service rate.",
+    )
     tta_default: bool | None = Field(None, description="TTA when a request does not say; None = model config.")
 
     # --- request limits (enforced before decoding) ---

@@ -47,6 +47,19 @@ def bucket_for(n: int, sizes: list[int]) -> int:
     return next(b for b in sizes if b >= n)
 
 
+class Reservation:
+    """Rows admitted but not yet queued (still decoding). Released once, by `submit` or by the caller."""
+
+    def __init__(self, batcher: Batcher, rows: int) -> None:
+        self._batcher: Batcher | None = batcher
+        self.rows = rows
+
+    def release(self) -> None:
+        if self._batcher is not None:
+            self._batcher._unreserve(self.rows)
+            self._batcher = None
+
+
 @dataclass(eq=False)
 class _Work:
     rows: np.ndarray  # uint8 [n, H, W]
@@ -86,6 +99,8 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[_Work] = deque()
         self._queued_rows = 0
+        self._reserved_rows = 0
+        self._running_rows = 0
         self._in_flight = 0
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
@@ -93,8 +108,10 @@ class Batcher:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        #: EWMA of model seconds per computed (padded) row, from batches of a useful size; feeds admission
+        #: EWMA of seconds per row of *throughput* while busy (feeds admission); see `_observe`
         self._sec_per_row: float | None = None
+        self._last_done: float | None = None
+        self._busy_after_last = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -129,7 +146,7 @@ class Batcher:
             timings.append(time.monotonic() - t0)
             if probs.ndim != 2 or probs.shape[0] != size:
                 raise InferenceFailed(f"model returned shape {list(probs.shape)} for a batch of {size} rows")
-        self._sec_per_row = timings[-1] / self.buckets[-1]
+        self._sec_per_row = timings[-1] / self.buckets[-1]  # a cautious seed: no overlap between calls assumed
         return timings
 
     # --- admission ---------------------------------------------------------------------------------------
@@ -137,35 +154,49 @@ class Batcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    @property
+    def backlog_rows(self) -> int:
+        """Rows ahead of a new request: admitted-but-still-decoding, queued, and in running model calls."""
+        return self._reserved_rows + self._queued_rows + self._running_rows
+
     def estimated_wait_s(self, extra_rows: int = 0) -> float:
-        """Seconds until `extra_rows` more rows would be done, from queue depth and the observed row cost."""
+        """Seconds until `extra_rows` more rows would be done: backlog x observed seconds per row."""
         if self._sec_per_row is None:
             return 0.0
-        return (self._queued_rows + extra_rows) * self._sec_per_row / self._max_in_flight
+        return (self.backlog_rows + extra_rows) * self._sec_per_row
 
-    def admit(self, rows: int, budget_s: float) -> None:
-        """Refuse NOW (429) if the queue is full or the work could not finish within `budget_s`.
+    def admit(self, rows: int, budget_s: float) -> Reservation:
+        """Refuse NOW (429) if the queue is full or the work could not finish within `budget_s`; else reserve
+        the rows (so concurrent requests still decoding count against the queue) until `submit` or `release`.
 
         A request larger than the queue limit is admitted only into an empty queue, so it is never refused
         forever.
         """
-        if self._queued_rows and self._queued_rows + rows > self._queue_limit:
+        pending = self._reserved_rows + self._queued_rows
+        if pending and pending + rows > self._queue_limit:
             self._metrics.rejections.labels("queue_full").inc()
             raise Overloaded(
-                f"queue full: {self._queued_rows} rows waiting (limit {self._queue_limit})",
+                f"queue full: {pending} rows waiting (limit {self._queue_limit})",
                 retry_after_s=self.estimated_wait_s(),
             )
         wait = self.estimated_wait_s(rows)
-        if self._queued_rows and wait > budget_s:
+        if self.backlog_rows and wait > budget_s:
             self._metrics.rejections.labels("estimated_wait").inc()
             raise Overloaded(
                 f"estimated wait {wait:.2f}s exceeds the request timeout {budget_s:.2f}s",
                 retry_after_s=self.estimated_wait_s(),
             )
+        self._reserved_rows += rows
+        return Reservation(self, rows)
+
+    def _unreserve(self, rows: int) -> None:
+        self._reserved_rows -= rows
 
     # --- the request side --------------------------------------------------------------------------------
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
+    async def submit(self, rows: np.ndarray, reservation: Reservation | None = None) -> np.ndarray:
         """uint8 [n, H, W] model-size rows -> float32 [n, C] probabilities. Cancel-safe."""
+        if reservation is not None:
+            reservation.release()  # the rows now count as queued instead
         loop = asyncio.get_running_loop()
         work = _Work(rows=rows, future=loop.create_future(), enqueued=time.monotonic())
         work.future.add_done_callback(lambda _f: self._forget(work))
@@ -211,6 +242,7 @@ class Batcher:
                 self._slots.release()
                 continue
             self._in_flight += 1
+            self._running_rows += sum(b - a for _, a, b in parts)
             self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
             task = asyncio.create_task(self._run_batch(parts))
             self._tasks.add(task)
@@ -268,6 +300,7 @@ class Batcher:
                     work.future.set_result(work.out)
         finally:
             self._in_flight -= 1
+            self._running_rows -= n
             self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
             self._slots.release()
             self._check_idle()
@@ -289,6 +322,12 @@ class Batcher:
         m.inference_seconds.labels(self.model, self.provider).observe(dt)
         m.batch_size.labels(self.model).observe(n)
         m.batch_fill_ratio.labels(self.model).observe(n / size)
-        if size >= min(32, self.max_batch_size):
-            cost = dt / size
+        # Service rate as observed end to end: while work was waiting, the time between two batch completions
+        # over the rows completed. It includes everything that competes for the CPU/GPU (decoding, other
+        # calls in flight, other processes), which a per-call model timing would not.
+        now = time.monotonic()
+        if self._last_done is not None and self._busy_after_last:
+            cost = (now - self._last_done) / n
             self._sec_per_row = cost if self._sec_per_row is None else 0.8 * self._sec_per_row + 0.2 * cost
+        self._last_done = now
+        self._busy_after_last = self._queued_rows > 0 or self._in_flight > 1

@@ -13,7 +13,7 @@ import binascii
 import collections
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -112,23 +112,25 @@ class Classifier:
         self.check_count(len(images))
         served, profile = self._resolve(model, version, profile)
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(images))]
-        use_tta = self._tta_on(served, tta_requested)
         inp = served.config.input
-        t0 = time.monotonic()
-        loop = asyncio.get_running_loop()
-        threads = self.settings.preprocess_threads
-        chunk = max(64, math.ceil(len(images) / threads))
-        jobs = [
-            loop.run_in_executor(self._executor, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp)
-            for s in range(0, len(images), chunk)
-        ]
-        results = await asyncio.gather(*jobs)
-        errors = [e for _, errs in results for e in errs]
-        if errors:
-            self.metrics.rejections.labels("invalid_crop").inc()
-            raise InvalidCrops(errors)
-        rows = results[0][0] if len(results) == 1 else np.concatenate([r for r, _ in results])
-        return await self._run(served, profile, rows, id_list, use_tta, deadline, t0)
+
+        async def decode() -> np.ndarray:
+            loop = asyncio.get_running_loop()
+            chunk = max(64, math.ceil(len(images) / self.settings.preprocess_threads))
+            jobs = [
+                loop.run_in_executor(
+                    self._executor, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp
+                )
+                for s in range(0, len(images), chunk)
+            ]
+            results = await asyncio.gather(*jobs)
+            errors = [e for _, errs in results for e in errs]
+            if errors:
+                self.metrics.rejections.labels("invalid_crop").inc()
+                raise InvalidCrops(errors)
+            return results[0][0] if len(results) == 1 else np.concatenate([r for r, _ in results])
+
+        return await self._classify(served, profile, id_list, tta_requested, deadline, decode)
 
     async def classify_raw(
         self,
@@ -145,41 +147,51 @@ class Classifier:
         self.check_count(int(tensor.shape[0]) if tensor.ndim else 0)
         served, profile = self._resolve(model, version, profile)
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(tensor))]
-        use_tta = self._tta_on(served, tta_requested)
-        t0 = time.monotonic()
-        try:
-            rows = await asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare_raw, tensor, served.config.input
-            )
-        except CropError as exc:
-            raise InvalidCrops([_crop_error(0, id_list[0], exc.reason, exc.message)]) from exc
-        return await self._run(served, profile, rows, id_list, use_tta, deadline, t0)
 
-    async def _run(
+        async def resize() -> np.ndarray:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor, prepare_raw, tensor, served.config.input
+                )
+            except CropError as exc:
+                raise InvalidCrops([_crop_error(0, id_list[0], exc.reason, exc.message)]) from exc
+
+        return await self._classify(served, profile, id_list, tta_requested, deadline, resize)
+
+    async def _classify(
         self,
         served: ServedModel,
         profile: str,
-        rows: np.ndarray,
         ids: list[str],
-        use_tta: bool,
+        tta_requested: bool | None,
         deadline: float,
-        t0: float,
+        make_rows: Callable[[], Awaitable[np.ndarray]],
     ) -> Classification:
+        """Admit (or 429) before any work, make model-size rows, queue them, decide."""
+        use_tta = self._tta_on(served, tta_requested)
         views = served.config.tta.views if use_tta else ("identity",)
-        if use_tta:
-            rows = await asyncio.get_running_loop().run_in_executor(self._executor, tta.expand, rows, views)
-        self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
-        budget = deadline - time.monotonic()
-        if budget <= 0:
-            raise DeadlineExceeded("the request timed out while its crops were decoded")
-        served.batcher.admit(len(rows), budget)
+        budget = (deadline - time.monotonic()) * self.settings.admission_wait_fraction
+        reservation = served.batcher.admit(len(ids) * len(views), budget)
         try:
-            probs = await asyncio.wait_for(served.batcher.submit(rows), budget)
-        except asyncio.TimeoutError:
-            self.metrics.rejections.labels("timeout").inc()
-            raise DeadlineExceeded(
-                f"the request did not finish within {self.settings.request_timeout_s:g}s; its queued crops were dropped"
-            ) from None
+            t0 = time.monotonic()
+            rows = await make_rows()
+            if use_tta:
+                rows = await asyncio.get_running_loop().run_in_executor(self._executor, tta.expand, rows, views)
+            self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                self.metrics.rejections.labels("timeout").inc()
+                raise DeadlineExceeded("the request timed out while its crops were decoded")
+            try:
+                probs = await asyncio.wait_for(served.batcher.submit(rows, reservation), budget)
+            except asyncio.TimeoutError:
+                self.metrics.rejections.labels("timeout").inc()
+                raise DeadlineExceeded(
+                    f"the request did not finish within {self.settings.request_timeout_s:g}s; "
+                    "its queued crops were dropped"
+                ) from None
+        finally:
+            reservation.release()
         agree = None
         if use_tta:
             probs, agree = tta.reduce(probs, len(views))

@@ -160,9 +160,12 @@ def test_admit_queue_full_rejects_with_retry_after(pool) -> None:
         await asyncio.sleep(0.05)
         queued = asyncio.ensure_future(b.submit(rows([2] * 8)))  # waits in the queue
         await asyncio.sleep(0.01)
-        b.admit(2, budget_s=10)  # 8 + 2 <= 10: accepted
+        reservation = b.admit(1, budget_s=10)  # 8 queued + 1 <= 10: accepted, and reserved until submitted
+        b.admit(1, budget_s=10).release()  # 8 + 1 reserved + 1 <= 10
         with pytest.raises(Overloaded) as info:
-            b.admit(3, budget_s=10)
+            b.admit(2, budget_s=10)  # the reservation counts: 8 + 1 + 2 > 10
+        reservation.release()
+        b.admit(2, budget_s=10).release()
         assert info.value.status == 429 and int(info.value.headers()["Retry-After"]) >= 1
         model.gate.set()
         await asyncio.gather(running, queued)
@@ -183,10 +186,11 @@ def test_admit_estimated_wait_over_budget_rejects_early(pool) -> None:
         await asyncio.sleep(0.05)
         queued = asyncio.ensure_future(b.submit(rows([2] * 100)))
         await asyncio.sleep(0.01)
-        assert b.estimated_wait_s(50) == pytest.approx(1.5)
-        b.admit(50, budget_s=2.0)
+        # backlog: 8 running + 100 queued; 50 more -> 158 rows x 10 ms
+        assert b.estimated_wait_s(50) == pytest.approx(1.58)
         with pytest.raises(Overloaded, match="estimated wait"):
             b.admit(50, budget_s=1.0)
+        b.admit(50, budget_s=2.0).release()
         model.gate.set()
         await asyncio.gather(held, queued)
         await b.stop()
