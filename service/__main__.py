@@ -2,7 +2,8 @@
 
 Shutdown (SIGTERM/SIGINT): readiness turns false at once; requests keep being accepted for
 `shutdown_delay_s` (load balancers notice); then the listener closes, in-flight and queued requests finish
-within `drain_timeout_s`, and the process exits. A second SIGINT forces an immediate exit.
+within `drain_timeout_s`, and the process exits. A second signal skips the rest of the delay; a third SIGINT
+forces an immediate exit.
 """
 
 from __future__ import annotations
