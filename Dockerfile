@@ -1,0 +1,140 @@
+# syntax=docker/dockerfile:1
+#
+# OMR bubble classifier: two runtime images from one file.
+#   docker build --target cpu -t omr-classifier:0.1.0 .
+#   docker build --target gpu -t omr-classifier:0.1.0-gpu .
+# Both run `python -m service` (FastAPI + ONNX Runtime) on the bundled model repository, as a non-root user,
+# without torch (torch is an export/training dependency only; the service never imports it).
+# See docs/deployment.md for the Helm chart that runs them.
+
+# ---------------------------------------------------------------------------------------------------------------
+# Versions. Each one is a build argument so a platform team can bump it without editing the file.
+# ---------------------------------------------------------------------------------------------------------------
+# CPU: the Python the project is developed and tested on (3.11), Debian slim.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# onnxruntime for the CPU image: the version the test suite runs against.
+ARG ORT_VERSION=1.32.0
+# GPU: onnxruntime-gpu 1.31.1 (newest on PyPI at the time of writing) is built against CUDA 13 + cuDNN 9 +
+# TensorRT 10. Verified from the wheel itself, not from a table:
+#   readelf -d onnxruntime/capi/libonnxruntime_providers_tensorrt.so | grep NEEDED
+#   -> libcudart.so.13 libcublas.so.13 libcudnn.so.9 libnvinfer.so.10 libnvonnxparser.so.10
+# and its `cuda` extra requires nvidia-cuda-runtime~=13.0, nvidia-cudnn-cu13~=9.0.
+# So: the NVIDIA CUDA 13.0 runtime image WITH cuDNN 9 (cudart, cublas, curand, cufft, cudnn), plus the TensorRT
+# 10 libraries for CUDA 13 from PyPI (`tensorrt-cu13-libs`, the same .so files as NVIDIA's apt packages, but
+# pinnable with pip). TensorRT 11 would NOT work: it ships libnvinfer.so.11, which this ORT build does not load.
+# Host requirement: NVIDIA driver r580 or newer (CUDA 13), and the NVIDIA container toolkit / device plugin.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+ARG ORT_GPU_VERSION=1.31.1
+ARG TENSORRT_VERSION=10.16.1.11
+
+# ===============================================================================================================
+# cpu-build: a virtual environment with the runtime dependencies only (no compiler needed: all are wheels).
+# ===============================================================================================================
+FROM ${PYTHON_IMAGE} AS cpu-build
+ARG ORT_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# Dependencies in their own layer, keyed on pyproject.toml only, so code edits do not reinstall them.
+# The list is read from [project].dependencies (the service's runtime set; torch is not in it) so it
+# cannot drift from pyproject; onnxruntime is pinned to ORT_VERSION on top.
+COPY pyproject.toml .
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+        > requirements.txt \
+ && echo "onnxruntime==${ORT_VERSION}" > constraints.txt \
+ && pip install -r requirements.txt -c constraints.txt \
+ && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+# ===============================================================================================================
+# cpu: the CPU runtime image (default target when built without --target: it is the last stage but one,
+# so always pass --target).
+# ===============================================================================================================
+FROM ${PYTHON_IMAGE} AS cpu
+# Fixed numeric ids: Kubernetes `runAsNonRoot` can only verify a numeric USER.
+RUN groupadd --system --gid 10001 omr \
+ && useradd --system --uid 10001 --gid omr --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin omr
+COPY --from=cpu-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    OMR_HOST=0.0.0.0 \
+    OMR_PORT=8000 \
+    OMR_PROVIDERS='["CPUExecutionProvider"]'
+WORKDIR /app
+# Code after dependencies. Only what the service needs: the `service` package and the model repository
+# (the default OMR_MODEL_REPOSITORY resolves to /app/models/repository). Root-owned and read-only to `omr`.
+COPY service/ service/
+COPY models/repository/ models/repository/
+USER 10001:10001
+EXPOSE 8000
+# Live endpoint only (not /readyz): Docker restarts on liveness, and warm-up must not count as a failure.
+# Python instead of curl: the slim image has no curl, and one fewer binary is one fewer CVE.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
+# Exec form: python is PID 1 and receives SIGTERM itself, so the service's drain (readiness off, finish
+# in-flight work within OMR_DRAIN_TIMEOUT_S) runs. A shell-form entrypoint would swallow the signal.
+ENTRYPOINT ["python", "-m", "service"]
+
+# ===============================================================================================================
+# gpu-build: same virtual environment, on the CUDA image's Python, with onnxruntime-gpu and TensorRT.
+# ===============================================================================================================
+FROM ${CUDA_IMAGE} AS gpu-build
+ARG ORT_GPU_VERSION
+ARG TENSORRT_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
+# Ubuntu 24.04's python3.12 (the CUDA images carry no Python). Versions are fixed by the base image tag;
+# pinning Ubuntu patch versions here would only break the build when the archive moves on.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3.12 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml .
+# onnxruntime and onnxruntime-gpu share the import name `onnxruntime`: install every other dependency, then
+# onnxruntime-gpu in its place (the project's `gpu` extra), then the TensorRT libraries it dlopens.
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('onnxruntime')))" \
+        > requirements.txt \
+ && { echo "onnxruntime-gpu==${ORT_GPU_VERSION}"; echo "tensorrt-cu13-libs==${TENSORRT_VERSION}"; } >> requirements.txt \
+ && pip install -r requirements.txt \
+ && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+# ===============================================================================================================
+# gpu: the GPU runtime image.
+# ===============================================================================================================
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive
+# Only the interpreter at runtime (no -venv, no pip): the venv's python is a symlink to /usr/bin/python3.12.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 omr \
+ && useradd --system --uid 10001 --gid omr --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin omr
+COPY --from=gpu-build /opt/venv /opt/venv
+# TensorRT's libraries live in the tensorrt_libs wheel's folder, which the dynamic loader does not search;
+# ORT's TensorRT provider dlopens libnvinfer.so.10 by name, so the folder goes on LD_LIBRARY_PATH (the CUDA
+# image's own LD_LIBRARY_PATH is kept after it).
+ENV PATH=/opt/venv/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.12/site-packages/tensorrt_libs:${LD_LIBRARY_PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    OMR_HOST=0.0.0.0 \
+    OMR_PORT=8000 \
+    OMR_PROVIDERS='["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]' \
+    OMR_TRT_CACHE_DIR=/var/cache/omr-trt \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+WORKDIR /app
+COPY service/ service/
+COPY models/repository/ models/repository/
+# The TensorRT engine/timing cache folder; in Kubernetes a volume is mounted here (see the chart).
+RUN mkdir -p /var/cache/omr-trt && chown 10001:10001 /var/cache/omr-trt
+USER 10001:10001
+EXPOSE 8000
+# start-period is longer than on CPU: the first start builds TensorRT engines (minutes, once per GPU model).
+HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
+ENTRYPOINT ["python", "-m", "service"]
