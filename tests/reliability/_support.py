@@ -1,0 +1,165 @@
+"""Shared helpers for the reliability tests: a real uvicorn on 127.0.0.1 (in a thread, or `python -m service` in a
+subprocess), real crops, and a fault-injecting ONNX Runtime session factory.
+
+Nothing here patches the service: faults go in through `create_app(settings, session_factory=...)`, the
+factory wraps the real `ort.InferenceSession` and only misbehaves on a marked input.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import uvicorn
+
+from loadtest.server import free_port
+from service.app import create_app
+from service.core.modelconfig import ModelConfig
+from service.core.preprocess import normalize
+from service.core.runtime import Session, create_session
+from service.settings import Settings
+from service.state import AppState
+
+HOST = "127.0.0.1"
+
+#: pixel values that mark a crop for fault injection (a whole crop of one value, nothing real looks like it)
+FAIL_VALUE = 7
+SLOW_VALUE = 9
+
+
+def png(gray: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", gray)
+    assert ok
+    return buf.tobytes()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def bubble(side: int = 32, seed: int = 0) -> np.ndarray:
+    """A plausible uint8 bubble crop: a dark ring on paper, with a little noise."""
+    rng = np.random.default_rng(seed)
+    img = np.full((side, side), 235, np.uint8)
+    cv2.circle(img, (side // 2, side // 2), max(2, side // 3), 40, max(1, side // 16))
+    noise = rng.integers(0, 12, img.shape, dtype=np.uint8)
+    return cv2.subtract(img, noise)
+
+
+def json_crops(n: int, side: int = 32, prefix: str = "c") -> dict[str, Any]:
+    crop = b64(png(bubble(side)))
+    return {"crops": [{"id": f"{prefix}{i}", "image": crop} for i in range(n)]}
+
+
+@dataclass
+class FaultySession:
+    """The real session, except: a batch holding a crop of FAIL_VALUE raises; one with SLOW_VALUE sleeps first."""
+
+    inner: Session
+    marks: dict[str, float]
+    slow_s: float
+    calls: list[int] = field(default_factory=list)
+
+    def _has(self, x: np.ndarray, value: float) -> bool:
+        flat = x.reshape(x.shape[0], -1)
+        return bool(np.any(np.all(flat == np.float32(value), axis=1)))
+
+    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[Any]:
+        (x,) = input_feed.values()
+        self.calls.append(int(x.shape[0]))
+        if self._has(x, self.marks["fail"]):
+            raise RuntimeError("injected fault: this batch holds a crop marked to fail")
+        if self._has(x, self.marks["slow"]):
+            time.sleep(self.slow_s)
+        return self.inner.run(output_names, input_feed)
+
+    def get_providers(self) -> list[str]:
+        return self.inner.get_providers()
+
+
+def faulty_factory(slow_s: float = 1.0) -> Callable[[Path, ModelConfig, Settings], Session]:
+    def factory(path: Path, config: ModelConfig, settings: Settings) -> Session:
+        def mark(v: int) -> float:
+            return float(normalize(np.full((1, 1, 1), v, np.uint8), config.preprocess, config.input.dtype).flat[0])
+
+        return FaultySession(create_session(path, config, settings), {"fail": mark(FAIL_VALUE),
+                                                                       "slow": mark(SLOW_VALUE)}, slow_s)  # fmt: skip
+
+    return factory
+
+
+@dataclass
+class LiveServer:
+    """A real uvicorn serving `create_app(...)` on 127.0.0.1 from a background thread of this process."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def state(self) -> AppState:
+        state: AppState = self.server.config.app.state.omr
+        return state
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30.0), **kw)
+
+
+@contextlib.contextmanager
+def live_server(
+    settings: Settings | None = None, session_factory: Any = None, ready_s: float = 120.0
+) -> Iterator[LiveServer]:
+    port = free_port()
+    settings = settings or Settings()
+    app = create_app(settings, session_factory) if session_factory else create_app(settings)
+    config = uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    live = LiveServer(server, thread, port)
+    deadline = time.monotonic() + ready_s
+    with httpx.Client(base_url=live.url, timeout=5.0) as c:
+        while True:
+            if not thread.is_alive():
+                raise RuntimeError("uvicorn thread died during start-up")
+            with contextlib.suppress(httpx.TransportError):
+                if c.get("/readyz", headers=_auth_header(settings)).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("server not ready")
+            time.sleep(0.1)  # another thread's start-up: nothing to wait on but the socket
+    try:
+        yield live
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def _auth_header(settings: Settings) -> dict[str, str]:
+    token = settings.bearer_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def assert_json_error(r: httpx.Response, status: int | tuple[int, ...]) -> dict[str, Any]:
+    """A 4xx/5xx that is a JSON object with a string `error` and `code`, and nothing that looks like a trace."""
+    wanted = (status,) if isinstance(status, int) else status
+    assert r.status_code in wanted, f"status {r.status_code} not in {wanted}: {r.text[:500]}"
+    assert r.headers.get("content-type", "").startswith("application/json"), r.headers
+    body = r.json()
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"], body
+    assert isinstance(body.get("code"), str), body
+    assert "Traceback" not in r.text and 'File "' not in r.text, r.text[:500]
+    return body
