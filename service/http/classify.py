@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
 from service.core.classifier import Classification
+from service.core.preprocess import CropError, check_side
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response
@@ -117,7 +118,11 @@ async def classify(
     classifier = state.classifier
     if content_type == "application/octet-stream":
         n_, h_, w_ = _shape(request, n, h, w)
-        classifier.check_count(n_)  # before the body is read
+        classifier.check_count(n_)  # count and crop size are checked before the body is read
+        try:
+            check_side(w_, h_)
+        except CropError as exc:
+            raise InvalidCrops([{"index": 0, "id": "0", "reason": exc.reason, "message": exc.message}]) from None
         body = await read_body(request, state)
         if len(body) != n_ * h_ * w_:
             raise InvalidCrops(
