@@ -101,15 +101,34 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "**Service** (`python -m service`, wrk closed loop, 127.0.0.1)",
             "",
-            "| batching | traffic | crops/s | req/s | p50 ms | p99 ms | failed | service cores | crops/service-CPU-s |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| batching | traffic | crops/s | req/s | p50 ms | p99 ms | failed | service cores | crops/service-CPU-s "
+            "| load avg |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for mode, body in svc.items():
             for r in body["scenarios"]:
                 lines.append(
                     f"| {mode.removeprefix('batching_')} | {r['scenario']}: {r['description']} | "
                     f"{_fmt(r['crops_per_s'])} | {_fmt(r['rps'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                    f"{r['failed']} | {r['service_cores_used']:.2f} | {_fmt(r['crops_per_service_cpu_s'])} |"
+                    f"{r['failed']} | {r['service_cores_used']:.2f} | {_fmt(r['crops_per_service_cpu_s'])} | "
+                    f"{r.get('load_avg_1m', float('nan')):.1f} |"
+                )
+        lines += [
+            "",
+            "Where the time goes (means over the run, from the service's own histograms at /metrics):",
+            "",
+            "| batching | traffic | request ms | preprocess ms | queue wait ms | model call ms | rows/model call |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for mode, body in svc.items():
+            for r in body["scenarios"]:
+                st = r.get("stages", {})
+                cells = [st.get(k) for k in ("request_ms", "preprocess_ms", "queue_wait_ms", "batch_inference_ms")]
+                rows = st.get("batch_rows")
+                lines.append(
+                    f"| {mode.removeprefix('batching_')} | {r['scenario']} | "
+                    + " | ".join("–" if c is None else f"{c:.1f}" for c in cells)
+                    + f" | {'–' if rows is None else f'{rows:.1f}'} |"
                 )
     lines += ["", "**Targets** (issue 6)", "", "| target | goal | measured | met |", "|---|---:|---:|:-:|"]
     for t in s["targets"]:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[load] locust failed (exit {rc}); see {args.out / 'locust.log'}", file=sys.stderr)
         return 2
     rows = steps.read_rows(requests_csv)
-    table = steps.per_step(rows)
+    table = steps.per_step(rows, args.steps, args.duration)
     verdict = steps.slo_verdict(rows, args.slo_p99_ms, args.slo_sheet_p99_ms, args.max_fail_ratio)
     steps.plot(table, args.slo_p99_ms, args.out / "load.png", f"{os.cpu_count()}-core step load, {url}")
     md = steps.markdown(table, verdict)

@@ -7,6 +7,7 @@ order), so a benchmark never reports the speed of error responses.
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 from collections import defaultdict
@@ -140,6 +141,7 @@ def measure(svc: Service, sc: Scenario, duration_s: float, warmup_s: float) -> d
         "service_cores_used": cpu / elapsed if elapsed else 0.0,
         "crops_per_service_cpu_s": crops / cpu if cpu > 0 else 0.0,
         "rss_mb": svc.rss_bytes() / 2**20,
+        "load_avg_1m": os.getloadavg()[0],  # the machine is shared: how busy it was during this run
         "stages": stages,
         **res.to_dict(),
     }

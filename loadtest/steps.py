@@ -60,14 +60,21 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def per_step(rows: list[Row]) -> list[Step]:
-    """Group requests by the user count they ran under (each step of the shape has its own count)."""
+def per_step(rows: list[Row], n_steps: int, total_s: float, settle_s: float = 1.0) -> list[Step]:
+    """Group requests by the load step they started in (time since the first request), skipping the first
+    `settle_s` of each step while users are still being spawned or stopped."""
+    if not rows:
+        return []
+    t0 = min(r.start for r in rows)
+    step_s = total_s / max(1, n_steps)
     groups: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
-        groups[r.users].append(r)
+        k = min(n_steps - 1, int((r.start - t0) / step_s))
+        if r.start - t0 - k * step_s >= min(settle_s, step_s / 2):
+            groups[k].append(r)
     steps = []
-    for users in sorted(groups):
-        g = groups[users]
+    for k in sorted(groups):
+        g = groups[k]
         seconds = max(max(r.start for r in g) - min(r.start for r in g), 1e-3)
         ok = [r for r in g if r.ok]
         by_name: dict[str, list[float]] = defaultdict(list)
@@ -76,7 +83,7 @@ def per_step(rows: list[Row]) -> list[Step]:
         by_name["all"] = [r.ms for r in ok]
         steps.append(
             Step(
-                users=users,
+                users=max(r.users for r in g),
                 seconds=seconds,
                 requests=len(g),
                 failures=len(g) - len(ok),

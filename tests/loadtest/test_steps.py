@@ -18,14 +18,19 @@ def _rows() -> list[Row]:
     return rows
 
 
-def test_per_step_groups_by_user_count() -> None:
-    table = steps.per_step(_rows())
+def test_per_step_groups_by_time_and_skips_the_ramp() -> None:
+    table = steps.per_step(_rows(), n_steps=2, total_s=20, settle_s=1.0)
     assert [s.users for s in table] == [2, 4]
     one, two = table
-    assert one.requests == 100 and one.failures == 0
-    assert math.isclose(one.crops_per_s, 100 / 9.9)
-    assert two.failures == 2 and math.isclose(two.crops_per_s, 98 * 64 / 9.9)
+    assert one.requests == 90 and one.failures == 0  # the first second of each step is left out
+    assert math.isclose(one.crops_per_s, 90 / 8.9)
+    assert two.requests == 90 and two.failures == 0  # both failures fell in the settling second
+    assert math.isclose(two.crops_per_s, 90 * 64 / 8.9)
     assert one.p50_ms["single"] < one.p99_ms["single"] <= 14.0
+
+
+def test_per_step_of_nothing_is_empty() -> None:
+    assert steps.per_step([], n_steps=3, total_s=30) == []
 
 
 def test_slo_verdict_passes_within_limits() -> None:
@@ -40,7 +45,7 @@ def test_slo_verdict_misses_on_latency_or_failures() -> None:
 
 
 def test_plot_and_markdown_write_outputs(tmp_path: Path) -> None:
-    table = steps.per_step(_rows())
+    table = steps.per_step(_rows(), n_steps=2, total_s=20)
     steps.plot(table, 50.0, tmp_path / "load.png", "test")
     assert (tmp_path / "load.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = steps.markdown(table, steps.slo_verdict(_rows(), 20, 250, 0.0))
