@@ -20,11 +20,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import InferenceFailed, Overloaded
+from service.errors import InferenceFailed
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,6 @@ def bucket_for(n: int, sizes: list[int]) -> int:
     return next(b for b in sizes if b >= n)
 
 
-class Reservation:
-    """Rows admitted but not yet queued (still decoding). Released once, by `submit` or by the caller."""
-
-    def __init__(self, batcher: Batcher, rows: int) -> None:
-        self._batcher: Batcher | None = batcher
-        self.rows = rows
-
-    def release(self) -> None:
-        if self._batcher is not None:
-            self._batcher._unreserve(self.rows)
-            self._batcher = None
-
-
 @dataclass(eq=False)
 class _Work:
     rows: np.ndarray  # uint8 [n, H, W]
@@ -68,7 +55,6 @@ class _Work:
     out: np.ndarray | None = None  # float32 [n, C], filled batch by batch
     taken: int = 0  # rows handed to batches so far
     finished: int = 0  # rows whose output arrived
-    parts: list[int] = field(default_factory=list)
 
 
 class Batcher:
@@ -82,7 +68,6 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         max_in_flight: int,
-        queue_limit: int,
         executor: Executor,
         metrics: Metrics,
     ) -> None:
@@ -93,13 +78,10 @@ class Batcher:
         self.row_shape = row_shape
         self._infer = infer
         self._max_delay_s = max_delay_s
-        self._max_in_flight = max_in_flight
-        self._queue_limit = queue_limit
         self._executor = executor
         self._metrics = metrics
         self._queue: deque[_Work] = deque()
         self._queued_rows = 0
-        self._reserved_rows = 0
         self._running_rows = 0
         self._in_flight = 0
         self._arrived = asyncio.Event()
@@ -149,63 +131,34 @@ class Batcher:
         self._sec_per_row = timings[-1] / self.buckets[-1]  # a cautious seed: no overlap between calls assumed
         return timings
 
-    # --- admission ---------------------------------------------------------------------------------------
+    # --- what admission control reads (`service.core.admission`) -----------------------------------------
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
 
     @property
-    def backlog_rows(self) -> int:
-        """Rows ahead of a new request: admitted-but-still-decoding, queued, and in running model calls."""
-        return self._reserved_rows + self._queued_rows + self._running_rows
+    def running_rows(self) -> int:
+        return self._running_rows
 
-    def estimated_wait_s(self, extra_rows: int = 0) -> float:
-        """Seconds until `extra_rows` more rows would be done: backlog x observed seconds per row."""
-        if self._sec_per_row is None:
-            return 0.0
-        return (self.backlog_rows + extra_rows) * self._sec_per_row
-
-    def admit(self, rows: int, budget_s: float) -> Reservation:
-        """Refuse NOW (429) if the queue is full or the work could not finish within `budget_s`; else reserve
-        the rows (so concurrent requests still decoding count against the queue) until `submit` or `release`.
-
-        A request larger than the queue limit is admitted only into an empty queue, so it is never refused
-        forever.
-        """
-        pending = self._reserved_rows + self._queued_rows
-        if pending and pending + rows > self._queue_limit:
-            self._metrics.rejections.labels("queue_full").inc()
-            raise Overloaded(
-                f"queue full: {pending} rows waiting (limit {self._queue_limit})",
-                retry_after_s=self.estimated_wait_s(),
-            )
-        wait = self.estimated_wait_s(rows)
-        if self.backlog_rows and wait > budget_s:
-            self._metrics.rejections.labels("estimated_wait").inc()
-            raise Overloaded(
-                f"estimated wait {wait:.2f}s exceeds the request timeout {budget_s:.2f}s",
-                retry_after_s=self.estimated_wait_s(),
-            )
-        self._reserved_rows += rows
-        return Reservation(self, rows)
-
-    def _unreserve(self, rows: int) -> None:
-        self._reserved_rows -= rows
+    @property
+    def sec_per_row(self) -> float | None:
+        """Observed seconds per row of throughput (EWMA); None before any batch ran."""
+        return self._sec_per_row
 
     # --- the request side --------------------------------------------------------------------------------
-    async def submit(self, rows: np.ndarray, reservation: Reservation | None = None) -> np.ndarray:
-        """uint8 [n, H, W] model-size rows -> float32 [n, C] probabilities. Cancel-safe."""
-        if reservation is not None:
-            reservation.release()  # the rows now count as queued instead
-        loop = asyncio.get_running_loop()
-        work = _Work(rows=rows, future=loop.create_future(), enqueued=time.monotonic())
+    def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """Queue uint8 [n, H, W] model-size rows now; the future gives float32 [n, C] probabilities.
+
+        Cancelling the future (a timeout, a disconnect) drops the rows still queued.
+        """
+        work = _Work(rows=rows, future=asyncio.get_running_loop().create_future(), enqueued=time.monotonic())
         work.future.add_done_callback(lambda _f: self._forget(work))
         self._queue.append(work)
         self._queued_rows += len(rows)
         self._idle.clear()
         self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
         self._arrived.set()
-        return await work.future  # a cancelled caller cancels the future: its queued rows are dropped
+        return work.future
 
     def _forget(self, work: _Work) -> None:
         """A request finished (any way): rows it still had queued no longer count."""
@@ -255,6 +208,7 @@ class Batcher:
         while self._queue and n < limit:
             work = self._queue[0]
             if work.future.done() or work.taken >= len(work.rows):
+                self._forget(work)  # now, not in its done-callback: the loop must see the rows gone
                 self._queue.popleft()
                 continue
             if work.taken == 0:

@@ -171,7 +171,7 @@ class Classifier:
         use_tta = self._tta_on(served, tta_requested)
         views = served.config.tta.views if use_tta else ("identity",)
         budget = (deadline - time.monotonic()) * self.settings.admission_wait_fraction
-        reservation = served.batcher.admit(len(ids) * len(views), budget)
+        reservation = served.admission.admit(len(ids) * len(views), budget)
         try:
             t0 = time.monotonic()
             rows = await make_rows()
@@ -183,7 +183,9 @@ class Classifier:
                 self.metrics.rejections.labels("timeout").inc()
                 raise DeadlineExceeded("the request timed out while its crops were decoded")
             try:
-                probs = await asyncio.wait_for(served.batcher.submit(rows, reservation), budget)
+                queued = served.batcher.submit(rows)
+                reservation.release()  # the rows count as queued from here on
+                probs = await asyncio.wait_for(queued, budget)
             except asyncio.TimeoutError:
                 self.metrics.rejections.labels("timeout").inc()
                 raise DeadlineExceeded(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.core.admission import Admission
 from service.core.batcher import Batcher, InferFn
 from service.core.modelconfig import ModelArtifactError, ModelConfig, list_versions, load_config, verified_model_path
 from service.core.postprocess import calibrated_probabilities
@@ -43,6 +44,7 @@ class ServedModel:
     session: Session
     provider: str
     batcher: Batcher
+    admission: Admission
 
     @property
     def name(self) -> str:
@@ -94,11 +96,11 @@ class Registry:
                     max_batch_size=settings.max_batch_size,
                     max_delay_s=settings.max_delay_ms / 1000.0,
                     max_in_flight=settings.max_batches_in_flight,
-                    queue_limit=settings.queue_limit,
                     executor=executor,
                     metrics=metrics,
                 )
-                served = ServedModel(config, path, session, provider, batcher)
+                admission = Admission(batcher, settings.queue_limit, metrics)
+                served = ServedModel(config, path, session, provider, batcher, admission)
                 models.setdefault(config.name, {})[version] = served
                 metrics.model_info.labels(config.name, version).info({"provider": provider, "file": path.name})
                 log.info("loaded %s/%s from %s on %s", config.name, version, path.name, provider)
