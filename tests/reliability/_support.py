@@ -11,7 +11,7 @@ import base64
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,16 +85,26 @@ class FaultySession:
     def get_providers(self) -> list[str]:
         return self.inner.get_providers()
 
+    def __getattr__(self, name: str) -> Any:  # get_inputs, get_modelmeta, ...: the real session answers
+        return getattr(self.inner, name)
 
-def faulty_factory(slow_s: float = 1.0) -> Callable[[Path, ModelConfig, Settings], Session]:
-    def factory(path: Path, config: ModelConfig, settings: Settings) -> Session:
+
+@dataclass
+class FaultInjector:
+    """A session factory (pass it to `create_app`) that wraps each real session in a FaultySession."""
+
+    slow_s: float = 1.0
+    sessions: list[FaultySession] = field(default_factory=list)
+
+    def __call__(self, path: Path, config: ModelConfig, settings: Settings) -> Session:
         def mark(v: int) -> float:
             return float(normalize(np.full((1, 1, 1), v, np.uint8), config.preprocess, config.input.dtype).flat[0])
 
-        return FaultySession(create_session(path, config, settings), {"fail": mark(FAIL_VALUE),
-                                                                       "slow": mark(SLOW_VALUE)}, slow_s)  # fmt: skip
-
-    return factory
+        session = FaultySession(
+            create_session(path, config, settings), {"fail": mark(FAIL_VALUE), "slow": mark(SLOW_VALUE)}, self.slow_s
+        )
+        self.sessions.append(session)
+        return session
 
 
 @dataclass
