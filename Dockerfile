@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # OMR bubble classifier: two runtime images from one file.
-#   docker build --target cpu -t omr-classifier:0.1.0 .
+#   docker build --target cpu -t omr-classifier:0.1.0 .       (also the default: `cpu` is the last stage)
 #   docker build --target gpu -t omr-classifier:0.1.0-gpu .
 # Both run `python -m service` (FastAPI + ONNX Runtime) on the bundled model repository, as a non-root user,
 # without torch (torch is an export/training dependency only; the service never imports it).
@@ -28,56 +28,8 @@ ARG ORT_GPU_VERSION=1.31.1
 ARG TENSORRT_VERSION=10.16.1.11
 
 # ===============================================================================================================
-# cpu-build: a virtual environment with the runtime dependencies only (no compiler needed: all are wheels).
-# ===============================================================================================================
-FROM ${PYTHON_IMAGE} AS cpu-build
-ARG ORT_VERSION
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-WORKDIR /src
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# Dependencies in their own layer, keyed on pyproject.toml only, so code edits do not reinstall them.
-# The list is read from [project].dependencies (the service's runtime set; torch is not in it) so it
-# cannot drift from pyproject; onnxruntime is pinned to ORT_VERSION on top.
-COPY pyproject.toml .
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
-        > requirements.txt \
- && echo "onnxruntime==${ORT_VERSION}" > constraints.txt \
- && pip install -r requirements.txt -c constraints.txt \
- && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
-
-# ===============================================================================================================
-# cpu: the CPU runtime image (default target when built without --target: it is the last stage but one,
-# so always pass --target).
-# ===============================================================================================================
-FROM ${PYTHON_IMAGE} AS cpu
-# Fixed numeric ids: Kubernetes `runAsNonRoot` can only verify a numeric USER.
-RUN groupadd --system --gid 10001 omr \
- && useradd --system --uid 10001 --gid omr --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin omr
-COPY --from=cpu-build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    OMR_HOST=0.0.0.0 \
-    OMR_PORT=8000 \
-    OMR_PROVIDERS='["CPUExecutionProvider"]'
-WORKDIR /app
-# Code after dependencies. Only what the service needs: the `service` package and the model repository
-# (the default OMR_MODEL_REPOSITORY resolves to /app/models/repository). Root-owned and read-only to `omr`.
-COPY service/ service/
-COPY models/repository/ models/repository/
-USER 10001:10001
-EXPOSE 8000
-# Live endpoint only (not /readyz): Docker restarts on liveness, and warm-up must not count as a failure.
-# Python instead of curl: the slim image has no curl, and one fewer binary is one fewer CVE.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
-# Exec form: python is PID 1 and receives SIGTERM itself, so the service's drain (readiness off, finish
-# in-flight work within OMR_DRAIN_TIMEOUT_S) runs. A shell-form entrypoint would swallow the signal.
-ENTRYPOINT ["python", "-m", "service"]
-
-# ===============================================================================================================
-# gpu-build: same virtual environment, on the CUDA image's Python, with onnxruntime-gpu and TensorRT.
+# gpu-build: the runtime dependencies in a virtual environment (as cpu-build below), on the CUDA image's
+# Python, with onnxruntime-gpu + TensorRT libraries in place of onnxruntime. Dependencies before code, as there.
 # ===============================================================================================================
 FROM ${CUDA_IMAGE} AS gpu-build
 ARG ORT_GPU_VERSION
@@ -138,3 +90,52 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
 ENTRYPOINT ["python", "-m", "service"]
+
+# ===============================================================================================================
+# cpu-build: a virtual environment with the runtime dependencies only (no compiler needed: all are wheels).
+# ===============================================================================================================
+FROM ${PYTHON_IMAGE} AS cpu-build
+ARG ORT_VERSION
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# Dependencies in their own layer, keyed on pyproject.toml only, so code edits do not reinstall them.
+# The list is read from [project].dependencies (the service's runtime set; torch is not in it) so it
+# cannot drift from pyproject; onnxruntime is pinned to ORT_VERSION on top.
+COPY pyproject.toml .
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
+        > requirements.txt \
+ && echo "onnxruntime==${ORT_VERSION}" > constraints.txt \
+ && pip install -r requirements.txt -c constraints.txt \
+ && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+# ===============================================================================================================
+# cpu: the CPU runtime image. Last stage, so a plain `docker build .` gives the CPU image.
+# ===============================================================================================================
+FROM ${PYTHON_IMAGE} AS cpu
+# Fixed numeric ids: Kubernetes `runAsNonRoot` can only verify a numeric USER.
+RUN groupadd --system --gid 10001 omr \
+ && useradd --system --uid 10001 --gid omr --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin omr
+COPY --from=cpu-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    OMR_HOST=0.0.0.0 \
+    OMR_PORT=8000 \
+    OMR_PROVIDERS='["CPUExecutionProvider"]'
+WORKDIR /app
+# Code after dependencies. Only what the service needs: the `service` package and the model repository
+# (the default OMR_MODEL_REPOSITORY resolves to /app/models/repository). Root-owned and read-only to `omr`.
+COPY service/ service/
+COPY models/repository/ models/repository/
+USER 10001:10001
+EXPOSE 8000
+# Live endpoint only (not /readyz): Docker restarts on liveness, and warm-up must not count as a failure.
+# Python instead of curl: the slim image has no curl, and one fewer binary is one fewer CVE.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
+# Exec form: python is PID 1 and receives SIGTERM itself, so the service's drain (readiness off, finish
+# in-flight work within OMR_DRAIN_TIMEOUT_S) runs. A shell-form entrypoint would swallow the signal.
+ENTRYPOINT ["python", "-m", "service"]
+

@@ -133,6 +133,19 @@ SERVICE_MONITOR_SCHEMA = {
                             "path": {"type": "string", "pattern": "^/"},
                             "interval": _DURATION,
                             "scrapeTimeout": _DURATION,
+                            "authorization": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "type": {"type": "string"},
+                                    "credentials": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["key"],
+                                        "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                                    },
+                                },
+                            },
                         },
                     },
                 },
@@ -462,3 +475,14 @@ def test_auth_secret_mounted_as_token_file(render: Callable[..., Manifests]) -> 
     mount = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}["auth-token"]
     assert secret["secretName"] == "omr-token"
     assert _config_env(docs)["OMR_AUTH_TOKEN_FILE"] == f"{mount['mountPath']}/{secret['items'][0]['path']}"
+
+
+def test_servicemonitor_scrapes_with_token_when_metrics_need_auth(render: Callable[..., Manifests]) -> None:
+    values = gpu_values() | {"config": {"authMetrics": True}}
+    docs = render(values)
+    validate_all(docs)
+    endpoint = only(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "omr-token", "key": "token"}}
+    assert _config_env(docs)["OMR_AUTH_METRICS"] == "true"
+    with pytest.raises(helm.HelmError, match=r"authMetrics needs auth\.existingSecret"):
+        render({"serviceMonitor": {"enabled": True}, "config": {"authMetrics": True}})
