@@ -69,7 +69,18 @@ class ExportResult:
 
 
 def export_checkpoint(checkpoint: Path, repository: Path, opts: ExportOptions | None = None) -> ExportResult:
+    """Export, check and publish `checkpoint` as `<repository>/<name>/<version>/`; ExportError if a check fails."""
     opts = opts or ExportOptions()
+    threads = torch.get_num_threads()
+    if opts.threads > 0:
+        torch.set_num_threads(opts.threads)
+    try:
+        return _export(checkpoint, repository, opts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export(checkpoint: Path, repository: Path, opts: ExportOptions) -> ExportResult:
     unknown = set(opts.variants) - set(ALL_VARIANTS)
     if "fp32" not in opts.variants or unknown:
         raise ExportError(f"variants must include fp32 and be among {ALL_VARIANTS}; got {list(opts.variants)}")

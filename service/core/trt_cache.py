@@ -38,7 +38,7 @@ def tensorrt_spec(max_batch: int, tta_views: int, fp16: bool = True) -> TensorRT
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "unknown"
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "unknown"
 
 
 def cache_key(model_name: str, model_sha256: str, ort_version: str, trt_version: str, gpu_name: str) -> str:
