@@ -486,3 +486,14 @@ def test_servicemonitor_scrapes_with_token_when_metrics_need_auth(render: Callab
     assert _config_env(docs)["OMR_AUTH_METRICS"] == "true"
     with pytest.raises(helm.HelmError, match=r"authMetrics needs auth\.existingSecret"):
         render({"serviceMonitor": {"enabled": True}, "config": {"authMetrics": True}})
+
+
+def test_schema_config_keys_are_settings(chart: Any) -> None:
+    """Every `config` key the schema admits is a service setting (camelCase -> snake_case), and the chart-owned
+    ones (bind address, repository, providers, token) are not settable there."""
+    import re
+
+    keys = set(chart.schema["properties"]["config"]["properties"])
+    snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() for k in keys}
+    assert snake <= set(Settings.model_fields), snake - set(Settings.model_fields)
+    assert not snake & {"host", "port", "model_repository", "providers", "auth_token", "auth_token_file"}
