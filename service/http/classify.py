@@ -15,7 +15,7 @@ from service.core.preprocess import CropError, check_side
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response
-from service.http.schemas import ClassifyRequest, ClassifyResponse, ErrorBody
+from service.http.schemas import ClassifyRequest, ClassifyResponse, error_responses
 
 router = APIRouter(dependencies=[Depends(require_auth), Depends(require_warm)], tags=["classify"])
 
@@ -24,15 +24,7 @@ _SCHEMA_REF = "#/components/schemas/{model}"
 REQUEST_SCHEMA = ClassifyRequest.model_json_schema(ref_template=_SCHEMA_REF)
 OPENAPI_COMPONENTS: dict[str, Any] = REQUEST_SCHEMA.pop("$defs", {})
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "malformed request", 401: "missing/wrong bearer token", 404: "unknown model or version",
-        413: "body or crop count over the limit", 415: "unsupported content type",
-        422: "crops that cannot be used, each named", 429: "overloaded (Retry-After)",
-        500: "inference failed", 503: "not ready (Retry-After)", 504: "request timed out",
-    }.items()
-}  # fmt: skip
+_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 429, 499, 500, 503, 504)
 
 
 def render(c: Classification) -> dict[str, Any]:

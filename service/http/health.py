@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.http.deps import State, require_auth_health, require_auth_metrics
 from service.http.errors import json_response
+from service.http.schemas import error_responses
 
-health = APIRouter(dependencies=[Depends(require_auth_health)], tags=["health"])
-metrics = APIRouter(dependencies=[Depends(require_auth_metrics)], tags=["metrics"])
+health = APIRouter(dependencies=[Depends(require_auth_health)], tags=["health"], responses=error_responses(401, 503))
+metrics = APIRouter(dependencies=[Depends(require_auth_metrics)], tags=["metrics"], responses=error_responses(401))
 
 
 @health.get("/healthz")
@@ -32,6 +34,6 @@ async def readyz(state: State) -> Response:
     return json_response({"status": "ready", "models": models})
 
 
-@metrics.get("/metrics")
+@metrics.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
 async def prometheus(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,9 @@ class Crop(_Strict):
 
 
 class ClassifyRequest(_Strict):
-    crops: list[Crop] = Field(description="Crops to classify; each side 8-512 px, resized per the model config.")
+    crops: list[Crop] = Field(
+        min_length=1, description="Crops to classify; each side 8-512 px, resized per the model config."
+    )
     tta: bool | None = Field(None, description="Test-time augmentation; default from settings/model config.")
     profile: str | None = Field(None, description="Which classes count as marked (e.g. ink, fill, check-correct).")
     model: str | None = Field(None, description="Model name; default OMR_DEFAULT_MODEL.")
@@ -49,3 +51,14 @@ class ClassifyResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     code: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses` entries for the JSON errors a route can answer (see `service.errors`)."""
+    text = {
+        400: "malformed request", 401: "missing/wrong bearer token", 404: "unknown model or version",
+        413: "body or crop count over the limit", 415: "unsupported content type",
+        422: "crops that cannot be used, each named", 429: "overloaded (Retry-After)", 499: "client disconnected",
+        500: "inference failed", 503: "not ready (Retry-After)", 504: "request timed out",
+    }  # fmt: skip
+    return {code: {"model": ErrorBody, "description": text[code]} for code in statuses}

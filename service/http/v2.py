@@ -13,6 +13,7 @@ follows it in input order.
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from typing import Any
@@ -27,10 +28,21 @@ from service.core.registry import ServedModel
 from service.errors import BadRequest
 from service.http.deps import State, read_body, require_auth, require_auth_health, require_warm, until_disconnect
 from service.http.errors import json_response
+from service.http.schemas import error_responses
 
 HEADER = "Inference-Header-Content-Length"
-health = APIRouter(prefix="/v2", dependencies=[Depends(require_auth_health)], tags=["v2"])
-infer_router = APIRouter(prefix="/v2", dependencies=[Depends(require_auth), Depends(require_warm)], tags=["v2"])
+health = APIRouter(
+    prefix="/v2",
+    dependencies=[Depends(require_auth_health)],
+    tags=["v2"],
+    responses=error_responses(400, 401, 404, 503),
+)
+infer_router = APIRouter(
+    prefix="/v2",
+    dependencies=[Depends(require_auth), Depends(require_warm)],
+    tags=["v2"],
+    responses=error_responses(400, 401, 404, 413, 422, 429, 499, 500, 503, 504),
+)
 
 
 @health.get("")
@@ -137,7 +149,7 @@ def _input_tensor(inp: Any, binary: bytes) -> tuple[str, list[bytes] | list[str]
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BadRequest("input shape must be a list of non-negative integers")
     params = inp.get("parameters") or {}
-    count = int(np.prod(shape)) if shape else 0
+    count = math.prod(shape) if shape else 0  # python ints: no overflow on absurd shapes
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None and (not isinstance(size, int) or size < 0 or size > len(binary)):
         raise BadRequest("binary_data_size does not match the binary data sent")
@@ -235,11 +247,53 @@ async def _infer(request: Request, state: State, name: str, version: str | None)
     return _encode(req, served, result)
 
 
-@infer_router.post("/models/{name}/infer")
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["BYTES", "UINT8"]},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensor data",
+            },
+        },
+    }
+}
+
+
+@infer_router.post("/models/{name}/infer", openapi_extra=_INFER_DOC)
 async def infer(name: str, request: Request, state: State) -> Response:
     return await _infer(request, state, name, None)
 
 
-@infer_router.post("/models/{name}/versions/{version}/infer")
+@infer_router.post("/models/{name}/versions/{version}/infer", openapi_extra=_INFER_DOC)
 async def infer_version(name: str, version: str, state: State, request: Request) -> Response:
     return await _infer(request, state, name, version)
