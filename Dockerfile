@@ -20,12 +20,15 @@ ARG ORT_VERSION=1.32.0
 #   -> libcudart.so.13 libcublas.so.13 libcudnn.so.9 libnvinfer.so.10 libnvonnxparser.so.10
 # and its `cuda` extra requires nvidia-cuda-runtime~=13.0, nvidia-cudnn-cu13~=9.0.
 # So: the NVIDIA CUDA 13.0 runtime image WITH cuDNN 9 (cudart, cublas, curand, cufft, cudnn), plus the TensorRT
-# 10 libraries for CUDA 13 from PyPI (`tensorrt-cu13-libs`, the same .so files as NVIDIA's apt packages, but
-# pinnable with pip). TensorRT 11 would NOT work: it ships libnvinfer.so.11, which this ORT build does not load.
+# 10 libraries for CUDA 13 as a pinned pip package (`tensorrt-cu13-libs`). On pypi.org that name is only a
+# placeholder sdist that downloads the real wheel from NVIDIA's index at install time, so the build names that
+# index itself (NVIDIA_PIP_INDEX). TensorRT 11 would NOT work: it ships libnvinfer.so.11, which this ORT build
+# does not load. The gpu stage checks with `ldd` that every library the CUDA and TensorRT providers link resolves.
 # Host requirement: NVIDIA driver r580 or newer (CUDA 13), and the NVIDIA container toolkit / device plugin.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ARG ORT_GPU_VERSION=1.31.1
 ARG TENSORRT_VERSION=10.16.1.11
+ARG NVIDIA_PIP_INDEX=https://pypi.nvidia.com
 
 # ===============================================================================================================
 # gpu-build: the runtime dependencies in a virtual environment (as cpu-build below), on the CUDA image's
@@ -34,6 +37,7 @@ ARG TENSORRT_VERSION=10.16.1.11
 FROM ${CUDA_IMAGE} AS gpu-build
 ARG ORT_GPU_VERSION
 ARG TENSORRT_VERSION
+ARG NVIDIA_PIP_INDEX
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 DEBIAN_FRONTEND=noninteractive
 # Ubuntu 24.04's python3.12 (the CUDA images carry no Python). Versions are fixed by the base image tag;
 # pinning Ubuntu patch versions here would only break the build when the archive moves on.
@@ -50,7 +54,7 @@ COPY pyproject.toml .
 RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('onnxruntime')))" \
         > requirements.txt \
  && { echo "onnxruntime-gpu==${ORT_GPU_VERSION}"; echo "tensorrt-cu13-libs==${TENSORRT_VERSION}"; } >> requirements.txt \
- && pip install -r requirements.txt \
+ && pip install --extra-index-url "${NVIDIA_PIP_INDEX}" -r requirements.txt \
  && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
 # ===============================================================================================================
@@ -79,6 +83,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     OMR_TRT_CACHE_DIR=/var/cache/omr-trt \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# Fail the build, not the first GPU pod, if a CUDA/cuDNN/TensorRT library the providers link is missing or of
+# the wrong major version. libcuda.so.1 is the exception: the driver's, mounted by the NVIDIA container runtime.
+RUN ldd /opt/venv/lib/python3.12/site-packages/onnxruntime/capi/libonnxruntime_providers_tensorrt.so \
+        /opt/venv/lib/python3.12/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so > /tmp/ldd.txt \
+ && grep -v "libcuda.so" /tmp/ldd.txt > /tmp/ldd-nodriver.txt \
+ && if grep "not found" /tmp/ldd-nodriver.txt; then exit 1; fi \
+ && rm /tmp/ldd.txt /tmp/ldd-nodriver.txt
 WORKDIR /app
 COPY service/ service/
 COPY models/repository/ models/repository/
