@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = steps.read_rows(requests_csv)
     table = steps.per_step(rows, args.steps, args.duration)
     verdict = steps.slo_verdict(rows, args.slo_p99_ms, args.slo_sheet_p99_ms, args.max_fail_ratio)
-    steps.plot(table, args.slo_p99_ms, args.out / "load.png", f"{os.cpu_count()}-core step load, {url}")
+    title = f"step load on {os.cpu_count()} cores (load avg {os.getloadavg()[0]:.1f} at the end)"
+    steps.plot(table, args.slo_p99_ms, args.out / "load.png", title, args.slo_sheet_p99_ms)
     md = steps.markdown(table, verdict)
     (args.out / "steps.md").write_text(md)
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "steps": [s.to_dict() for s in table], **verdict}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def per_step(rows: list[Row], n_steps: int, total_s: float, settle_s: float = 1.
         by_name["all"] = [r.ms for r in ok]
         steps.append(
             Step(
-                users=max(r.users for r in g),
+                users=Counter(r.users for r in g).most_common(1)[0][0],
                 seconds=seconds,
                 requests=len(g),
                 failures=len(g) - len(ok),
@@ -114,7 +114,7 @@ def slo_verdict(
     return {"met": met, "requests": len(rows), "failures": failures, "checks": checks}
 
 
-def plot(steps: list[Step], slo_p99_ms: float, path: Path, title: str) -> None:
+def plot(steps: list[Step], slo_p99_ms: float, path: Path, title: str, slo_sheet_p99_ms: float | None = None) -> None:
     """Throughput (crops/s, req/s) and p50/p99 per request kind against offered load (users)."""
     import matplotlib
 
@@ -136,6 +136,8 @@ def plot(steps: list[Step], slo_p99_ms: float, path: Path, title: str) -> None:
         line = ax2.plot(users, [s.p99_ms.get(k, np.nan) for s in steps], "o-", label=f"{k} p99")[0]
         ax2.plot(users, [s.p50_ms.get(k, np.nan) for s in steps], "x:", color=line.get_color(), label=f"{k} p50")
     ax2.axhline(slo_p99_ms, color="red", linewidth=1, label=f"SLO p99 {slo_p99_ms:g} ms")
+    if slo_sheet_p99_ms is not None:
+        ax2.axhline(slo_sheet_p99_ms, color="red", linestyle="--", linewidth=1, label=f"sheet SLO {slo_sheet_p99_ms:g} ms")
     ax2.set_yscale("log")
     ax2.set_ylabel("latency ms (log)")
     ax2.set_xlabel("offered load: concurrent paced users")
