@@ -109,3 +109,38 @@ def test_warm_runs_every_bucket_then_ready() -> None:
     finally:
         state.inference_pool.shutdown()
         state.preprocess_pool.shutdown()
+
+
+def test_registry_model_variant_picks_file_by_precision(tmp_path: Path) -> None:
+    repo = _repo_with_versions(tmp_path, ["1"])
+    vdir = repo / "omr-bubble" / "1"
+    shutil.copy(vdir / "model.onnx", vdir / "model.int8.onnx")  # same bytes, so the fp32 sha256 matches
+    cfg = json.loads((vdir / "config.json").read_text())
+    fp32 = cfg["variants"]["fp32"]
+    cfg["variants"] = {"fp32": fp32, "int8": {**fp32, "file": "model.int8.onnx", "precision": "int8"}}
+    (vdir / "config.json").write_text(json.dumps(cfg))
+    assert _load(Settings(model_repository=repo, model_variant="int8")).get().path.name == "model.int8.onnx"
+    assert _load(Settings(model_repository=repo, model_variant="fp16")).get().path.name == "model.onnx"  # fallback
+
+
+@pytest.mark.integration
+def test_two_models_served_side_by_side(tmp_path: Path, live_server, make_crops, b64_crops) -> None:
+    import httpx
+
+    from service.app import create_app
+
+    repo = _repo_with_versions(tmp_path, ["1"])
+    other = repo / "omr-other" / "3"
+    shutil.copytree(BUNDLED, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg.update(name="omr-other", version="3")
+    (other / "config.json").write_text(json.dumps(cfg))
+    with live_server(create_app(Settings(model_repository=repo))) as url:
+        crops = b64_crops(make_crops(3))
+        default = httpx.post(f"{url}/classify", json={"crops": crops}, timeout=10).json()
+        chosen = httpx.post(f"{url}/classify", json={"crops": crops, "model": "omr-other"}, timeout=10).json()
+        assert default["model"]["name"] == "omr-bubble"
+        assert (chosen["model"]["name"], chosen["model"]["version"]) == ("omr-other", "3")
+        assert httpx.get(f"{url}/v2/models/omr-other/versions/3/ready", timeout=5).status_code == 200
+        ready = httpx.get(f"{url}/readyz", timeout=5).json()
+        assert {m["name"] for m in ready["models"]} == {"omr-bubble", "omr-other"}
