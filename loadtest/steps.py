@@ -137,7 +137,8 @@ def plot(steps: list[Step], slo_p99_ms: float, path: Path, title: str, slo_sheet
         ax2.plot(users, [s.p50_ms.get(k, np.nan) for s in steps], "x:", color=line.get_color(), label=f"{k} p50")
     ax2.axhline(slo_p99_ms, color="red", linewidth=1, label=f"SLO p99 {slo_p99_ms:g} ms")
     if slo_sheet_p99_ms is not None:
-        ax2.axhline(slo_sheet_p99_ms, color="red", linestyle="--", linewidth=1, label=f"sheet SLO {slo_sheet_p99_ms:g} ms")
+        label = f"sheet SLO {slo_sheet_p99_ms:g} ms"
+        ax2.axhline(slo_sheet_p99_ms, color="red", linestyle="--", linewidth=1, label=label)
     ax2.set_yscale("log")
     ax2.set_ylabel("latency ms (log)")
     ax2.set_xlabel("offered load: concurrent paced users")
