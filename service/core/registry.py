@@ -18,7 +18,7 @@ from service.core.batcher import Batcher, InferFn
 from service.core.modelconfig import ModelArtifactError, ModelConfig, list_versions, load_config, verified_model_path
 from service.core.postprocess import calibrated_probabilities
 from service.core.preprocess import normalize
-from service.core.runtime import Session, SessionFactory, active_provider
+from service.core.runtime import Session, SessionFactory, active_provider, available_providers
 from service.errors import ModelNotFound
 from service.metrics import Metrics
 from service.settings import Settings
@@ -88,6 +88,9 @@ class Registry:
                 path = verified_model_path(vdir, config, _variant(config, settings.model_variant))
                 session = session_factory(path, config, settings)
                 provider = active_provider(session)
+                wanted = available_providers(list(settings.providers))[0]
+                if provider != wanted:
+                    log.warning("%s/%s: %s did not load, running on %s", config.name, version, wanted, provider)
                 batcher = Batcher(
                     config.name,
                     provider,
