@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model-repository")
     p.add_argument("--default-model")
     p.add_argument("--default-version")
-    p.add_argument("--model-variant", choices=["fp32", "int8", "fp16"])
+    p.add_argument("--model-variant", choices=["fp32", "int8", "fp16", "auto"])
     p.add_argument("--providers", help="comma-separated, in preference order")
     p.add_argument("--require-provider")
     p.add_argument("--intra-op-threads", type=int)

@@ -28,8 +28,10 @@ class Settings(BaseSettings):
     model_repository: Path = Field(BUNDLED_REPOSITORY, description="Triton-style <name>/<version>/ folder.")
     default_model: str = Field("omr-bubble", description="Model served when a request names none.")
     default_version: str | None = Field(None, description="Version served by default; None = highest.")
-    model_variant: Literal["fp32", "int8", "fp16"] = Field(
-        "fp32", description="Which ONNX file of the version to load (falls back to fp32 if absent)."
+    model_variant: Literal["fp32", "int8", "fp16", "auto"] = Field(
+        "fp32",
+        description="Which ONNX file of the version to load (falls back to fp32 if absent). `auto`: the variant "
+        "exported for the active provider - int8 on CPU, fp16 on TensorRT/CUDA - else fp32.",
     )
 
     # --- runtime ---

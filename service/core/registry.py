@@ -55,8 +55,19 @@ class ServedModel:
         return self.config.version
 
 
-def _variant(config: ModelConfig, wanted: str) -> str:
-    """The requested precision's variant if the version has one, else the default (fp32)."""
+def _variant(config: ModelConfig, wanted: str, provider: str) -> str:
+    """The variant key to load: the requested precision if the version has it, else the default (fp32).
+
+    `auto` takes the fastest precision exported for `provider` (the preferred provider this ORT build has):
+    int8 on CPU, fp16 on GPUs (each variant's `providers` list says where export meant it to run).
+    """
+    if wanted == "auto":
+        order = ("int8", "fp32") if provider == "CPUExecutionProvider" else ("fp16", "fp32")
+        for precision in order:
+            for key, spec in config.variants.items():
+                if spec.precision == precision and provider in spec.providers:
+                    return key
+        return config.default_variant
     for key, spec in config.variants.items():
         if spec.precision == wanted:
             return key
@@ -85,10 +96,10 @@ class Registry:
                 config = load_config(vdir)
                 if (config.name, config.version) != (model_dir.name, version):
                     raise ModelArtifactError(f"{vdir}: config names {config.name}/{config.version}")
-                path = verified_model_path(vdir, config, _variant(config, settings.model_variant))
+                wanted = available_providers(list(settings.providers))[0]
+                path = verified_model_path(vdir, config, _variant(config, settings.model_variant, wanted))
                 session = session_factory(path, config, settings)
                 provider = active_provider(session)
-                wanted = available_providers(list(settings.providers))[0]
                 if provider != wanted:
                     log.warning("%s/%s: %s did not load, running on %s", config.name, version, wanted, provider)
                 batcher = Batcher(

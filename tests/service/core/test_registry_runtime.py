@@ -121,6 +121,10 @@ def test_registry_model_variant_picks_file_by_precision(tmp_path: Path) -> None:
     (vdir / "config.json").write_text(json.dumps(cfg))
     assert _load(Settings(model_repository=repo, model_variant="int8")).get().path.name == "model.int8.onnx"
     assert _load(Settings(model_repository=repo, model_variant="fp16")).get().path.name == "model.onnx"  # fallback
+    cfg["variants"]["int8"]["providers"] = ["CPUExecutionProvider"]
+    (vdir / "config.json").write_text(json.dumps(cfg))
+    auto_cpu = Settings(model_repository=repo, model_variant="auto", providers=["CPUExecutionProvider"])
+    assert _load(auto_cpu).get().path.name == "model.int8.onnx"
 
 
 @pytest.mark.integration
