@@ -21,6 +21,7 @@ import contextlib
 import os
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Shot:
     done: float
     status: int  # 0: connection-level failure
     retry_after: str | None = None
+    sent: float = 0.0  # when a connection was free and the bytes went out (client-side queueing = sent - due)
 
     @property
     def latency(self) -> float:
@@ -69,11 +71,13 @@ class Client:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-    async def send(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    async def send(self, raw: bytes, on_sent: list[float] | None = None) -> tuple[int, dict[str, str], bytes]:
         async with self._slots:
             conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
             reader, writer = conn
             try:
+                if on_sent is not None:
+                    on_sent.append(time.monotonic())
                 writer.write(raw)
                 head = await reader.readuntil(b"\r\n\r\n")
                 lines = head.decode("latin-1").split("\r\n")
@@ -103,11 +107,12 @@ async def _fire(client: Client, raw: bytes, due: float, shots: list[Shot]) -> No
     delay = due - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+    sent: list[float] = []
     try:
-        status, headers, _ = await client.send(raw)
-        shots.append(Shot(due, time.monotonic(), status, headers.get("retry-after")))
+        status, headers, _ = await client.send(raw, sent)
+        shots.append(Shot(due, time.monotonic(), status, headers.get("retry-after"), sent[0]))
     except (OSError, asyncio.IncompleteReadError, ValueError):
-        shots.append(Shot(due, time.monotonic(), 0))
+        shots.append(Shot(due, time.monotonic(), 0, None, sent[0] if sent else due))
 
 
 async def open_loop(client: Client, bodies: Sequence[bytes], rate: float, seconds: float) -> list[Shot]:
@@ -150,6 +155,7 @@ class Phase:
     rejected_p50_ms: float
     rejected_p99_ms: float
     retry_after_missing: int
+    client_wait_p99_ms: float  # due -> sent: time a request waited for a free client connection
     windows: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -161,6 +167,7 @@ def summarise(name: str, shots: list[Shot], seconds: float, offered: float, wind
         if s.status not in (200, 429, 503):
             other[str(s.status)] = other.get(str(s.status), 0) + 1
     windows = []
+    span_s = max(s.done for s in shots) - min(s.due for s in shots) if shots else 0.0  # until the last answer
     if shots:
         t0 = min(s.due for s in shots)
         span = max(s.due for s in shots) - t0
@@ -179,12 +186,13 @@ def summarise(name: str, shots: list[Shot], seconds: float, offered: float, wind
         rejected_429=len(rej),
         unavailable_503=sum(s.status == 503 for s in shots),
         other=other,
-        ok_per_s=len(ok) / seconds if seconds else 0.0,
+        ok_per_s=len(ok) / span_s if span_s else 0.0,
         ok_p50_ms=pct([s.latency for s in ok], 50) * 1e3,
         ok_p99_ms=pct([s.latency for s in ok], 99) * 1e3,
         rejected_p50_ms=pct([s.latency for s in rej], 50) * 1e3,
         rejected_p99_ms=pct([s.latency for s in rej], 99) * 1e3,
         retry_after_missing=sum(1 for s in rej if not s.retry_after),
+        client_wait_p99_ms=pct([s.sent - s.due for s in shots], 99) * 1e3,
         windows=windows,
     )
 
@@ -223,6 +231,27 @@ class RssSampler:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
+def server_quantiles(url: str, q: float = 0.99) -> dict[str, float]:
+    """Per-status quantile (ms) of the service's own `omr_request_duration_seconds` for /classify, from its
+    histogram buckets (upper bound of the bucket holding the quantile): time inside the app, no socket queues."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for line in text.splitlines():
+        if line.startswith("omr_request_duration_seconds_bucket{") and 'endpoint="/classify"' in line:
+            labels, value = line.rsplit(" ", 1)
+            status = labels.split('status="', 1)[1].split('"', 1)[0]
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            buckets.setdefault(status, []).append((float(le), float(value)))
+    out = {}
+    for status, bs in buckets.items():
+        bs.sort()
+        total = bs[-1][1]
+        if total:
+            out[status] = next(le for le, c in bs if c >= q * total) * 1e3
+    return out
+
+
 def bodies_for(pool: CropPool, crops: int, n: int = 16) -> list[bytes]:
     headers = {"Content-Type": "application/json"}
     return [
@@ -251,6 +280,7 @@ async def experiment(url: str, svc: server.Service | None, args: argparse.Namesp
         cores = {"client": (time.process_time() - cpu0) / args.seconds,
                  "service": ((svc.cpu_seconds() - svc_cpu0) / args.seconds) if svc else float("nan")}  # fmt: skip
         over = summarise("overload", over_shots, args.seconds, args.factor * rate)
+        server_p99 = server_quantiles(url) if svc else {}
         rss_peak = max(rss.samples, default=0)
         rec_shots = await open_loop(client, bodies, args.recovery_factor * rate, args.recovery_seconds)
         rec = summarise("recovery", rec_shots, args.recovery_seconds, args.recovery_factor * rate)
@@ -273,6 +303,7 @@ async def experiment(url: str, svc: server.Service | None, args: argparse.Namesp
         "rejected_fraction": over.rejected_429 / over.sent if over.sent else 0.0,
         "recovery_s": recovery_s(rec, limit),
         "cores_used_during_overload": cores,
+        "server_side_p99_ms_by_status": server_p99,
         "rss_mb": {"before": rss_before / 2**20, "peak_during_overload": rss_peak / 2**20, "after": rss_after / 2**20},
     }
 
@@ -289,6 +320,9 @@ def markdown(r: dict[str, Any]) -> str:
         ("rejected 429", f"{o['rejected_429']} ({100 * r['rejected_fraction']:.0f} %), "
                          f"p50 {o['rejected_p50_ms']:.1f} ms, p99 {o['rejected_p99_ms']:.1f} ms, "
                          f"{o['retry_after_missing']} without Retry-After"),
+        ("p99 inside the service, by status (whole run)", ", ".join(
+            f"{k}: <= {v:g} ms" for k, v in sorted(r["server_side_p99_ms_by_status"].items())) or "n/a"),
+        ("p99 client-side wait for a connection", f"{o['client_wait_p99_ms']:.1f} ms"),
         ("other answers", f"503: {o['unavailable_503']}, {o['other'] or 'none'}"),
         ("accepted p50 / p99", f"{o['ok_p50_ms']:.1f} / {o['ok_p99_ms']:.1f} ms = "
                                f"{r['accepted_p99_vs_idle_p99']:.2f}x idle p99 "
@@ -308,12 +342,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--factor", type=float, default=3.0, help="offered load as a multiple of measured capacity")
     p.add_argument("--seconds", type=float, default=20.0, help="overload duration (bounded)")
     p.add_argument("--crops", type=int, default=100, help="crops per request (a sheet)")
-    p.add_argument("--clients", type=int, default=8, help="closed-loop clients measuring capacity")
+    p.add_argument("--clients", type=int, default=32, help="closed-loop clients measuring capacity")
     p.add_argument("--idle-seconds", type=float, default=5.0)
     p.add_argument("--capacity-seconds", type=float, default=10.0)
     p.add_argument("--recovery-factor", type=float, default=0.5)
     p.add_argument("--recovery-seconds", type=float, default=10.0)
-    p.add_argument("--max-connections", type=int, default=256)
+    p.add_argument("--max-connections", type=int, default=1024)
     p.add_argument("--out", type=Path, default=None, help="folder for overload.json / overload.md")
     p.add_argument("--url", default=None, help="a running service on 127.0.0.1 instead of starting one")
     p.add_argument("--env", nargs="*", default=[], metavar="OMR_X=V", help="settings for the started service")
