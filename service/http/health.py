@@ -23,7 +23,10 @@ async def healthz() -> Response:
 @health.get("/readyz")
 async def readyz(state: State) -> Response:
     """Ready: every model loaded AND warmed on every batch bucket, required providers active, not draining."""
-    models = [{"name": m.name, "version": m.version, "provider": m.provider} for m in state.registry.all()]
+    models = [
+        {"name": m.name, "version": m.version, "provider": m.provider, "file": m.path.name}
+        for m in state.registry.all()
+    ]
     reasons = state.not_ready_reasons()
     if reasons:
         return json_response(
