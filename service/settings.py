@@ -103,7 +103,10 @@ class Settings(BaseSettings):
     def bearer_token(self) -> str | None:
         """The configured token, read from the secret file if one is named."""
         if self.auth_token_file is not None:
-            return self.auth_token_file.read_text().strip() or None
+            token = self.auth_token_file.read_text().strip()
+            if len(token) < 16:  # a configured but empty/short secret must not silently mean "no auth"
+                raise ValueError(f"{self.auth_token_file} must hold a token of at least 16 characters")
+            return token
         return self.auth_token.get_secret_value() if self.auth_token else None
 
 

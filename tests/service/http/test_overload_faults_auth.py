@@ -180,3 +180,10 @@ def test_client_disconnect_drops_its_queued_rows(live_server, encode_image) -> N
 
         assert asyncio.run(go()).status_code == 200
         assert httpx.post(f"{url}/classify", json={"crops": [crop(90, encode_image)]}, timeout=10).status_code == 200
+
+
+def test_empty_token_file_refuses_to_start(tmp_path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings(auth_token_file=secret).bearer_token()
