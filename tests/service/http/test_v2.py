@@ -65,6 +65,12 @@ def test_infer_tritonclient_binary_and_json(live_server, make_crops, encode_imag
         result = client.infer(MODEL, [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)])
         np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
 
+        # request parameters: TTA on and another profile, through the client's `parameters`
+        result = client.infer(MODEL, [inp], parameters={"tta": True, "profile": "fill"})
+        assert result.as_numpy("probabilities").shape == (6, 8)
+        with pytest.raises(InferenceServerException, match="unknown profile"):
+            client.infer(MODEL, [inp], parameters={"profile": "nope"})
+
         with pytest.raises(InferenceServerException, match="unknown model"):
             client.infer("no-such-model", [inp])
         client.close()
