@@ -72,7 +72,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"### Benchmark {result['date']} — {result['model']} (service variant {result['service_variant']})",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load avg {m['load_avg_1m_at_start']:.2f} at start; "
-        f"Python {m['python']}, onnxruntime {m['onnxruntime']}; crops: {result['crop_source']}. "
+        f"Python {m['python']}, onnxruntime {m['onnxruntime']}; crops: {result['crop_source']}; "
+        f"nice {result['settings'].get('priority') or 0}. "
         f"Run time {result.get('elapsed_s', '?')} s.",
         "",
         "**In-process ceiling** (1 intra-op thread; crops/s per CPU-second of the thread)",
