@@ -1,0 +1,169 @@
+"""SIGTERM while clients send continuously, against a real `python -m service` subprocess.
+
+Senders open a new connection per request, so every request has exactly one of these fates:
+- served: 200 with one result per crop;
+- refused: the connection was refused (nothing was sent) or a clean 503 + Retry-After (nothing was done);
+- backlog reset: connected in the last instant before the listener closed, then reset by the kernel without
+  an answer (connections still in the accept backlog when a listening socket closes are reset: a TCP-level race
+  every server has; the `shutdown_delay_s` window, in which load balancers stop sending, is what closes it);
+- lost: anything else (reset or empty reply after the request was sent, 5xx, a wrong body, a timeout).
+The test requires 0 lost and at most one backlog reset per sender; readiness false within a poll of the
+signal; requests still served during the `shutdown_delay_s` window; big requests queued at the moment of
+the signal all answered; no successful connect once connections start being refused; the process gone with
+exit code 0 within the grace period.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+
+from loadtest import server as service_process
+
+from ._support import json_crops
+
+pytestmark = pytest.mark.integration
+
+SHUTDOWN_DELAY_S = 1.5
+DRAIN_TIMEOUT_S = 15.0
+GRACE_S = SHUTDOWN_DELAY_S + DRAIN_TIMEOUT_S + 5.0  # what a pod's terminationGracePeriodSeconds must exceed
+
+
+@dataclass
+class Log:
+    served: list[float] = field(default_factory=list)  # completion times
+    refused: list[float] = field(default_factory=list)
+    connected: list[float] = field(default_factory=list)
+    lost: list[tuple[float, float, str]] = field(default_factory=list)  # (connected, failed, why)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def send_once(port: int, body: bytes, n: int, log: Log, timeout_s: float = 60.0) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        try:
+            conn.connect()
+        except ConnectionRefusedError:
+            with log.lock:
+                log.refused.append(time.monotonic())
+            return
+        t_conn = time.monotonic()
+        with log.lock:
+            log.connected.append(t_conn)
+        try:
+            conn.request("POST", "/classify", body, {"Content-Type": "application/json", "Connection": "close"})
+            r = conn.getresponse()
+            data = r.read()
+        except (OSError, http.client.HTTPException) as exc:
+            with log.lock:
+                log.lost.append((t_conn, time.monotonic(), f"{type(exc).__name__}: {exc}"))
+            return
+        with log.lock:
+            if r.status == 200 and len(orjson.loads(data)["results"]) == n:
+                log.served.append(time.monotonic())
+            elif r.status == 503 and r.getheader("Retry-After"):
+                log.refused.append(time.monotonic())
+            else:
+                log.lost.append((t_conn, time.monotonic(), f"HTTP {r.status}: {data[:200]!r}"))
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[service_process.Service]:
+    env = {"OMR_SHUTDOWN_DELAY_S": str(SHUTDOWN_DELAY_S), "OMR_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+           "OMR_LOG_LEVEL": "info"}  # fmt: skip
+    s = service_process.start(env, tmp_path / "service.log")
+    try:
+        yield s
+    finally:
+        if s.process.poll() is None:
+            s.process.kill()
+            s.process.wait(10)
+
+
+def readiness_probe(port: int, stop: threading.Event, out: list[tuple[float, int]]) -> None:
+    while not stop.is_set():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/readyz")
+            out.append((time.monotonic(), conn.getresponse().status))
+        except OSError:
+            out.append((time.monotonic(), 0))
+        finally:
+            conn.close()
+        stop.wait(0.05)
+
+
+def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
+    small = orjson.dumps(json_crops(20))
+    big = orjson.dumps(json_crops(1500, prefix="big"))
+    log = Log()
+    stop = threading.Event()
+    probes: list[tuple[float, int]] = []
+
+    def sender() -> None:
+        while not stop.is_set():
+            refused = len(log.refused)
+            send_once(svc.port, small, 20, log)
+            if svc.process.poll() is not None:
+                return
+            if len(log.refused) > refused:
+                stop.wait(0.02)  # a refused client backs off a little, as real ones do
+
+    threads = [threading.Thread(target=sender) for _ in range(6)]
+    threads.append(threading.Thread(target=readiness_probe, args=(svc.port, stop, probes)))
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # steady traffic first
+    bigs = [threading.Thread(target=send_once, args=(svc.port, big, 1500, log)) for _ in range(3)]
+    for t in bigs:
+        t.start()
+    time.sleep(0.05)  # the big requests are in (decoding / queued) when the signal lands
+    t_term = time.monotonic()
+    svc.process.send_signal(signal.SIGTERM)
+    try:
+        code = svc.process.wait(GRACE_S)
+    finally:
+        stop.set()
+        for t in [*threads, *bigs]:
+            t.join(60)
+    t_exit = time.monotonic()
+
+    refused = [t for t in log.refused if t >= t_term]
+    assert refused, "no connection was refused after the drain window"
+    closed_at = refused[0]  # ~ when the listener closed
+
+    def backlog_reset(connected: float, failed: float, why: str) -> bool:
+        return (
+            why.startswith(("ConnectionResetError", "RemoteDisconnected"))
+            and abs(failed - closed_at) < 0.5
+            and closed_at - connected < 0.5
+        )
+
+    resets = [x for x in log.lost if backlog_reset(*x)]
+    lost = [x for x in log.lost if not backlog_reset(*x)]
+    assert not lost, f"{len(lost)} requests lost: {lost[:5]}"
+    assert len(resets) <= 6, resets
+    assert code == 0, svc.log_tail()
+    assert t_exit - t_term < GRACE_S
+    served_before = sum(t < t_term for t in log.served)
+    served_after = sum(t >= t_term for t in log.served)
+    assert served_before > 0 and served_after >= 3, (served_before, served_after)  # incl. the 3 big ones
+    not_ready = [t for t, status in probes if t >= t_term and status != 200]
+    assert not_ready and not_ready[0] - t_term < 0.5, "readiness did not turn false at once"
+    assert all(status != 503 for t, status in probes if t < t_term)
+    assert all(status != 200 for t, status in probes if t >= t_term + 0.3), "ready again after SIGTERM"
+    assert refused[0] - t_term >= SHUTDOWN_DELAY_S * 0.8, "connections refused before the shutdown delay ended"
+    assert not [t for t in log.connected if t > refused[0] + 0.2], "connections accepted after refusing began"
+    print(f"served {len(log.served)} ({served_after} after SIGTERM), refused {len(log.refused)}, "
+          f"backlog resets {len(resets)}, lost 0, "
+          f"exit {code} after {t_exit - t_term:.2f}s")  # fmt: skip
