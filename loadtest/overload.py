@@ -33,6 +33,8 @@ import orjson
 from loadtest import server
 from loadtest.crops import CropPool
 
+KEEPALIVE_S = 2.0
+
 
 @dataclass
 class Shot:
@@ -63,7 +65,9 @@ class Client:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        #: (reader, writer, idle since); a connection idle for longer than KEEPALIVE_S is not reused, because the
+        #: server may close it at any moment (uvicorn's keep-alive timeout is 5 s) and a request on it would fail
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
     @staticmethod
@@ -73,8 +77,7 @@ class Client:
 
     async def send(self, raw: bytes, on_sent: list[float] | None = None) -> tuple[int, dict[str, str], bytes]:
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-            reader, writer = conn
+            reader, writer = await self._connection()
             try:
                 if on_sent is not None:
                     on_sent.append(time.monotonic())
@@ -94,11 +97,20 @@ class Client:
             if headers.get("connection", "").lower() == "close":
                 writer.close()
             else:
-                self._idle.append(conn)
+                self._idle.append((reader, writer, time.monotonic()))
             return status, headers, body
 
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < KEEPALIVE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
+
     async def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 
