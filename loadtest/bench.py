@@ -94,6 +94,11 @@ def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
                     flush=True,
                 )
             out[mode] = {"env": env, "scenarios": rows}
+            if not env:
+                floor = scenarios.http_floor(svc, args.duration)
+                out[mode]["http_floor"] = floor
+                print(f"[service] GET /healthz: {floor['rps']:,.0f} req/s, "
+                      f"{floor['cpu_us_per_request']:.0f} µs service CPU per request", flush=True)  # fmt: skip
     return out
 
 

@@ -49,6 +49,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     on_s, off_s = on_sheet, _scenario(result, "batching_off", "sheets")
     if on_s and off_s and off_s["crops_per_s"] > 0:
         s["sheet_batching_speedup"] = on_s["crops_per_s"] / off_s["crops_per_s"]
+    floor = result.get("service", {}).get("batching_on", {}).get("http_floor")
+    if floor and on_single and on_single["crops_per_service_cpu_s"]:
+        s["single_cpu_us_per_request"] = 1e6 / on_single["crops_per_service_cpu_s"]
+        s["http_floor_cpu_us_per_request"] = floor["cpu_us_per_request"]
     idle = _scenario(result, "batching_on", "idle-sheet")
     if idle:
         s["idle_sheet_p99_ms"] = idle["p99_ms"]
@@ -114,6 +118,13 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{r['failed']} | {r['service_cores_used']:.2f} | {_fmt(r['crops_per_service_cpu_s'])} | "
                     f"{r.get('load_avg_1m', float('nan')):.1f} |"
                 )
+        floor = svc.get("batching_on", {}).get("http_floor")
+        if floor:
+            lines += [
+                "",
+                f"HTTP floor (GET /healthz, {floor['connections']} clients): {_fmt(floor['rps'])} req/s, "
+                f"{floor['cpu_us_per_request']:.0f} µs of service CPU per request, p99 {floor['p99_ms']:.1f} ms.",
+            ]
         lines += [
             "",
             "Where the time goes (means over the run, from the service's own histograms at /metrics):",
@@ -139,6 +150,11 @@ def markdown(result: dict[str, Any]) -> str:
         extra.append(f"sheets wall crops/s vs one core's ceiling: {s['sheet_fraction_wall_vs_1core']:.0%}")
     if "sheet_batching_speedup" in s:
         extra.append(f"sheets batching on/off: {s['sheet_batching_speedup']:.2f}x")
+    if "single_cpu_us_per_request" in s:
+        extra.append(
+            f"a single-crop request costs {s['single_cpu_us_per_request']:.0f} µs of service CPU "
+            f"(GET /healthz: {s['http_floor_cpu_us_per_request']:.0f} µs)"
+        )
     if extra:
         lines += ["", "Also: " + "; ".join(extra) + "."]
     return "\n".join(lines) + "\n"

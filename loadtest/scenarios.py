@@ -145,3 +145,19 @@ def measure(svc: Service, sc: Scenario, duration_s: float, warmup_s: float) -> d
         "stages": stages,
         **res.to_dict(),
     }
+
+
+def http_floor(svc: Service, duration_s: float, connections: int = 64) -> dict[str, object]:
+    """GET /healthz under load: the HTTP stack's own cost per request (no body, no model), for comparison."""
+    url = f"{svc.url}/healthz"
+    wrkrun.run(url, [], connections, 1)
+    cpu0 = svc.cpu_seconds()
+    res = wrkrun.run(url, [], connections, duration_s)
+    cpu = svc.cpu_seconds() - cpu0
+    ok = res.requests - res.errors["status"]
+    return {
+        "connections": connections,
+        "cpu_us_per_request": cpu / ok * 1e6 if ok else 0.0,
+        "load_avg_1m": os.getloadavg()[0],
+        **res.to_dict(),
+    }

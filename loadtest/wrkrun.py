@@ -98,12 +98,13 @@ def write_manifest(bodies: list[Body], folder: Path) -> Path:
 def run(
     url: str, bodies: list[Body], connections: int, duration_s: float, threads: int = 1, timeout_s: float = 10.0
 ) -> WrkResult:
-    """POST `bodies` round-robin to `url` (127.0.0.1 only) from `connections` clients for `duration_s`."""
+    """POST `bodies` round-robin to `url` (127.0.0.1 only) from `connections` clients for `duration_s`;
+    with no bodies, GET `url`."""
     if not url.startswith(("http://127.0.0.1", "http://localhost")):
         raise ValueError(f"load runs only target this machine, not {url}")
     exe = wrk_path()
     with tempfile.TemporaryDirectory(prefix="omr-wrk-") as tmp:
-        manifest = write_manifest(bodies, Path(tmp))
+        manifest = [str(write_manifest(bodies, Path(tmp)))] if bodies else []  # no bodies: plain GETs
         cmd = [
             exe,
             f"-t{max(1, min(threads, connections))}",
@@ -114,7 +115,7 @@ def run(
             str(LUA_SCRIPT),
             url,
             "--",
-            str(manifest),
+            *manifest,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False)
     if proc.returncode != 0:

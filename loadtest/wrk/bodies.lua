@@ -2,6 +2,7 @@
 --
 -- usage: wrk -s loadtest/wrk/bodies.lua URL -- MANIFEST
 -- MANIFEST lines: <body file>\t<Content-Type>[\t<Header-Name>: <value>]  (one request per line)
+-- Without MANIFEST it sends plain GETs to URL (the HTTP layer's floor, e.g. /healthz).
 -- The requests are formatted once per thread in init(), so the generator does no work per request beyond
 -- picking the next prepared string (wrk's low overhead is why it measures the ceilings, not locust).
 
@@ -9,6 +10,7 @@ local requests = {}
 local next_index = 1
 
 function init(args)
+  if args[1] == nil then return end
   local manifest = assert(io.open(args[1], "r"), "cannot open manifest " .. tostring(args[1]))
   for line in manifest:lines() do
     local path, ctype, extra = line:match("^([^\t]+)\t([^\t]+)\t?(.*)$")
@@ -29,6 +31,7 @@ function init(args)
 end
 
 function request()
+  if #requests == 0 then return wrk.format("GET") end
   local r = requests[next_index]
   next_index = next_index % #requests + 1
   return r
