@@ -1,0 +1,137 @@
+"""Observability for real: `promtool check metrics` on the service's /metrics, and a real Prometheus (Debian
+package `prometheus`) scraping `python -m service` every second during load, whose
+`histogram_quantile(0.99, ...)` over the request-duration histogram must return a sane value: finite, positive,
+and within the histogram's bucket resolution of the p99 the load client measured itself.
+
+Skips, with the reason, when the binaries are absent (`apt-get install -y prometheus` provides both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest import server as service_process
+from loadtest.crops import CropPool
+from loadtest.overload import Client, bodies_for, closed_loop, pct
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not on PATH: apt-get install -y prometheus")
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not on PATH: apt-get install -y prometheus"
+)
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[service_process.Service]:
+    log = Path(tmp_path_factory.mktemp("svc")) / "service.log"
+    with service_process.running({"OMR_LOG_LEVEL": "warning"}, log) as s:
+        yield s
+
+
+def metrics_text(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        return r.read().decode()
+
+
+@needs_promtool
+def test_promtool_check_metrics_passes(svc: service_process.Service) -> None:
+    # some traffic first, so labelled series exist and are linted too
+    asyncio.run(closed_loop(Client(svc.url), bodies_for(CropPool.build(16, seed=3), 8, n=4), 2, 1.0))
+    text = metrics_text(svc.url)
+    assert "omr_request_duration_seconds_bucket" in text
+    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def prom_query(base: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        doc = json.loads(r.read())
+    assert doc["status"] == "success", doc
+    result: list[dict[str, Any]] = doc["data"]["result"]
+    return result
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)  # another process starting: nothing to block on but its socket
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def prometheus(svc: service_process.Service, tmp_path: Path) -> Iterator[str]:
+    assert PROMETHEUS is not None
+    port = service_process.free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: omr\n    static_configs:\n      - targets: ['127.0.0.1:{svc.port}']\n"
+    )
+    log = (tmp_path / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/ready", 60, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+@pytest.mark.slow
+@needs_prometheus
+def test_prometheus_scrapes_and_p99_is_sane(svc: service_process.Service, prometheus: str) -> None:
+    bodies = bodies_for(CropPool.build(64, seed=4), 50)
+    shots = asyncio.run(closed_loop(Client(svc.url), bodies, 4, 15.0))  # load while Prometheus scrapes every 1 s
+    ok = [s.latency for s in shots if s.status == 200]
+    assert len(ok) > 20
+    client_p99 = pct(ok, 99)
+    time.sleep(2.5)  # two more scrapes so the last samples of the load are in
+    up = prom_query(prometheus, 'up{job="omr"}')
+    assert up and up[0]["value"][1] == "1", up
+    expr = ('histogram_quantile(0.99, sum by (le) (rate(omr_request_duration_seconds_bucket'
+            '{job="omr", endpoint="/classify", status="200"}[20s])))')  # fmt: skip
+    result = prom_query(prometheus, expr)
+    assert result, f"no result for {expr}"
+    p99 = float(result[0]["value"][1])
+    print(f"Prometheus p99 {p99 * 1e3:.1f} ms, client-measured p99 {client_p99 * 1e3:.1f} ms, {len(ok)} requests")
+    assert math.isfinite(p99) and 0 < p99 < 30, p99
+    # the histogram interpolates inside buckets (..., 0.1, 0.15, 0.25, 0.5, ...): a factor of 3 either way
+    assert client_p99 / 3 <= p99 <= client_p99 * 3, (p99, client_p99)
+    count = prom_query(prometheus, 'sum(increase(omr_requests_total{job="omr", endpoint="/classify"}[1m]))')
+    assert count and float(count[0]["value"][1]) > 0.5 * len(ok)
