@@ -242,10 +242,12 @@ def verify_session(session: Any, config: ModelConfig, variant: str | None = None
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY in meta:
         embedded = config_from_metadata(meta[METADATA_KEY])
-        if (embedded.name, embedded.version, embedded.classes) != (config.name, config.version, config.classes):
+        # the version is not compared: promoting a file by copying it to a new version folder is legitimate
+        # (Triton's version is the folder name); another model or another class order is not
+        if (embedded.name, embedded.classes) != (config.name, config.classes):
             raise ModelArtifactError(
-                f"{where}: ONNX metadata describes {embedded.name}/{embedded.version} {list(embedded.classes)}, "
-                f"config.json {config.name}/{config.version} {list(config.classes)}"
+                f"{where}: ONNX metadata describes {embedded.name} {list(embedded.classes)}, "
+                f"config.json {config.name} {list(config.classes)}"
             )
     if variant is not None and meta.get(METADATA_VARIANT_KEY, variant) != variant:
         raise ModelArtifactError(f"{where}: ONNX file is variant {meta[METADATA_VARIANT_KEY]!r}")

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core import trt_cache
-from service.core.modelconfig import ModelConfig
+from service.core.modelconfig import ModelConfig, verify_session
 from service.settings import Settings
 
 
@@ -34,8 +34,8 @@ SessionFactory = Callable[[Path, ModelConfig, Settings], Session]
 def _variant_sha(config: ModelConfig, path: Path) -> str:
     for spec in config.variants.values():
         if spec.file == path.name:
-            return spec.sha256
-    return config.variants[config.default_variant].sha256
+            return spec.sha256 or "unknown"  # load_config refuses configs without digests
+    return config.variants[config.default_variant].sha256 or "unknown"
 
 
 def provider_options(name: str, path: Path, config: ModelConfig, settings: Settings) -> dict[str, str]:
@@ -81,11 +81,15 @@ def create_session(path: Path, config: ModelConfig, settings: Settings) -> ort.I
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # errors only: provider fall-back is reported by us, not ORT's warnings
     providers = available_providers(list(settings.providers))
-    return ort.InferenceSession(
+    session = ort.InferenceSession(
         str(path),
         sess_options=opts,
         providers=[(p, provider_options(p, path, config, settings)) for p in providers],
     )
+    # the sha256 proves the bytes are the ones exported; this proves they match the config's contract
+    variant = next((name for name, spec in config.variants.items() if spec.file == path.name), None)
+    verify_session(session, config, variant)
+    return session
 
 
 def active_provider(session: Session) -> str:

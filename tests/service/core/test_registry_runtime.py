@@ -112,19 +112,20 @@ def test_warm_runs_every_bucket_then_ready() -> None:
 
 
 def test_registry_model_variant_picks_file_by_precision(tmp_path: Path) -> None:
+    # the bundled version holds real exported variants (verify_session refuses a file of another variant)
     repo = _repo_with_versions(tmp_path, ["1"])
     vdir = repo / "omr-bubble" / "1"
-    shutil.copy(vdir / "model.onnx", vdir / "model.int8.onnx")  # same bytes, so the fp32 sha256 matches
     cfg = json.loads((vdir / "config.json").read_text())
-    fp32 = cfg["variants"]["fp32"]
-    cfg["variants"] = {"fp32": fp32, "int8": {**fp32, "file": "model.int8.onnx", "precision": "int8"}}
-    (vdir / "config.json").write_text(json.dumps(cfg))
-    assert _load(Settings(model_repository=repo, model_variant="int8")).get().path.name == "model.int8.onnx"
-    assert _load(Settings(model_repository=repo, model_variant="fp16")).get().path.name == "model.onnx"  # fallback
-    cfg["variants"]["int8"]["providers"] = ["CPUExecutionProvider"]
-    (vdir / "config.json").write_text(json.dumps(cfg))
-    auto_cpu = Settings(model_repository=repo, model_variant="auto", providers=["CPUExecutionProvider"])
-    assert _load(auto_cpu).get().path.name == "model.int8.onnx"
+    assert "fp16" in cfg["variants"]  # export always writes the GPU variant
+    fp16 = _load(Settings(model_repository=repo, model_variant="fp16")).get()
+    assert fp16.path.name == cfg["variants"]["fp16"]["file"]
+    if "int8" in cfg["variants"]:
+        auto_cpu = Settings(model_repository=repo, model_variant="auto", providers=["CPUExecutionProvider"])
+        assert _load(auto_cpu).get().path.name == cfg["variants"]["int8"]["file"]
+        del cfg["variants"]["int8"]
+        (vdir / "config.json").write_text(json.dumps(cfg))
+    # a variant the version does not offer falls back to fp32
+    assert _load(Settings(model_repository=repo, model_variant="int8")).get().path.name == "model.onnx"
 
 
 @pytest.mark.integration
