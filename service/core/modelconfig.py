@@ -242,12 +242,11 @@ def verify_session(session: Any, config: ModelConfig, variant: str | None = None
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY in meta:
         embedded = config_from_metadata(meta[METADATA_KEY])
-        # the version is not compared: promoting a file by copying it to a new version folder is legitimate
-        # (Triton's version is the folder name); another model or another class order is not
-        if (embedded.name, embedded.classes) != (config.name, config.classes):
+        # name and version are not compared: as in Triton, they are the folder's (copying a file to a new
+        # version or model folder is legitimate); what decides correctness is the output class order
+        if embedded.classes != config.classes:
             raise ModelArtifactError(
-                f"{where}: ONNX metadata describes {embedded.name} {list(embedded.classes)}, "
-                f"config.json {config.name} {list(config.classes)}"
+                f"{where}: ONNX metadata lists classes {list(embedded.classes)}, config.json {list(config.classes)}"
             )
     if variant is not None and meta.get(METADATA_VARIANT_KEY, variant) != variant:
         raise ModelArtifactError(f"{where}: ONNX file is variant {meta[METADATA_VARIANT_KEY]!r}")

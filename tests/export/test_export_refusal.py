@@ -85,7 +85,7 @@ def test_load_refuses_reordered_classes(version: Path) -> None:
     raw = json.loads((version / CONFIG_FILE).read_text())
     raw["classes"] = [raw["classes"][1], raw["classes"][0], *raw["classes"][2:]]  # same count, wrong order
     (version / CONFIG_FILE).write_text(json.dumps(raw))
-    with pytest.raises(ModelArtifactError, match="ONNX metadata describes"):
+    with pytest.raises(ModelArtifactError, match="ONNX metadata lists classes"):
         _load(version)
 
 
