@@ -137,7 +137,9 @@ async def open_loop(client: Client, bodies: Sequence[bytes], rate: float, second
     return shots
 
 
-async def closed_loop(client: Client, bodies: Sequence[bytes], clients: int, seconds: float) -> list[Shot]:
+async def closed_loop(
+    client: Client, bodies: Sequence[bytes], clients: int, seconds: float, backoff_s: float = 0.05
+) -> list[Shot]:
     shots: list[Shot] = []
     stop = time.monotonic() + seconds
 
@@ -146,6 +148,8 @@ async def closed_loop(client: Client, bodies: Sequence[bytes], clients: int, sec
         while time.monotonic() < stop:
             await _fire(client, bodies[i % len(bodies)], time.monotonic(), shots)
             i += clients
+            if shots[-1].status != 200:
+                await asyncio.sleep(backoff_s)  # a refused client backs off, so refusals do not become the load
 
     await asyncio.gather(*(user(k) for k in range(clients)))
     return shots
