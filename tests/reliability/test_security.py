@@ -17,6 +17,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from loadtest import server as service_process
 from service.settings import Settings
 
 from ._support import FAIL_VALUE, FaultInjector, LiveServer, assert_json_error, json_crops, live_server
@@ -171,3 +172,13 @@ def test_container_runs_non_root() -> None:
     for name, users in runtime.items():
         assert users, f"stage {name} sets no USER: it would run as root"
         assert users[-1].split(":")[0] not in ("root", "0"), f"stage {name} runs as {users[-1]}"
+
+
+def test_token_from_environment_in_real_process(tmp_path: Path) -> None:
+    """`OMR_AUTH_TOKEN` in the environment of `python -m service` (how a k8s Secret env var arrives)."""
+    with service_process.running({"OMR_AUTH_TOKEN": TOKEN, "OMR_LOG_LEVEL": "warning"}, tmp_path / "log") as svc:
+        with httpx.Client(base_url=svc.url, timeout=30) as c:
+            assert_json_error(c.post("/classify", json=json_crops(1)), 401)
+            assert c.post("/classify", json=json_crops(1), headers=bearer()).status_code == 200
+            assert c.get("/readyz").status_code == 200
+        assert TOKEN not in svc.log_tail(100_000)
