@@ -16,8 +16,16 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@
 
-.PHONY: install serve test lint
+.PHONY: install serve test lint model
 install: $(BIN)/.installed
+
+# Reproduce the bundled model: synthetic training, fine-tuning with leave-one-source-out CV, export.
+REAL_LABELS ?= ../shared/data/real-dev/labels.csv
+model: $(BIN)/.installed
+	$(BIN)/python -m models.train --out runs/default --real-labels $(REAL_LABELS)
+	$(BIN)/python -m models.finetune --base runs/default/best.pt --out runs/default-ft --real-labels $(REAL_LABELS)
+	$(BIN)/python -m export runs/default-ft/best.pt --out models/repository --force
+	$(BIN)/python -m models.evaluate --model models/repository/omr-bubble/1 --labels $(REAL_LABELS) --out runs/eval
 
 serve: $(BIN)/.installed
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)

@@ -38,9 +38,9 @@ class TrainConfig:
     out: str = "runs/default"
     arch: str = "small"
     seed: int = 0
-    train_size: int = 192_000
+    train_size: int = 128_000
     val_size: int = 8_000
-    epochs: int = 14
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 4e-3
     weight_decay: float = 1e-4

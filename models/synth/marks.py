@@ -97,7 +97,8 @@ def stroke(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], 
 def mark_filled(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) -> np.ndarray:
     style = rng.random()
     if style < 0.55 or ins.name == "marker":
-        return blob(b, rng.uniform(0.95, 1.3), rng, size, tuple(rng.normal(0, 0.04 * b.rx, 2)))
+        # a hand fill usually covers the printed outline too (blurred scans then show no outline at all)
+        return blob(b, rng.uniform(1.0, 1.4), rng, size, tuple(rng.normal(0, 0.04 * b.rx, 2)))
     spacing = ins.width * rng.uniform(0.5, 1.1)
     layer = zigzag(b, rng, size, ins.width, spacing, reach=rng.uniform(1.0, 1.2))
     if rng.random() < 0.5:  # a second pass at another angle

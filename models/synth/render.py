@@ -57,7 +57,9 @@ def _print_tone(rng: np.random.Generator) -> float:
     return rng.uniform(0.6, 0.75)  # light / orange drop-out print seen in grayscale
 
 
-def _printed(b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool) -> tuple[np.ndarray, list[L.Bubble]]:
+def _printed(
+    b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool, max_tone: float = 1.0
+) -> tuple[np.ndarray, list[L.Bubble]]:
     """Alpha x tone of everything printed: (1 - alpha*(1-tone)) is its reflectance factor."""
     outline = L.new_layer(size)
     inner = L.new_layer(size)
@@ -75,7 +77,7 @@ def _printed(b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool
         L.draw_lines(outline, b, size, rng)
     if b.shape == "square" and rng.random() < 0.15:
         L.draw_arrow(outline, b, rng)
-    tone = _print_tone(rng)
+    tone = min(_print_tone(rng), max_tone)
     glyph_tone = min(0.9, tone + rng.uniform(0.0, 0.5)) if rng.random() < 0.5 else tone
     factor = (1 - L.to_alpha(outline) * (1 - tone)) * (1 - L.to_alpha(inner) * (1 - glyph_tone))
     return factor, neighbours
@@ -164,7 +166,10 @@ def render_sample(label: str, rng: np.random.Generator, native: int | None = Non
                 info: dict[str, object] = {"kind": kind}
             else:
                 b = _bubble(rng, size)
-                printed, neighbours = _printed(b, rng, size, with_bubble=True)
+                if label == "partial":  # what tells partial from filled is the visible outline around the ink
+                    b.thickness = max(b.thickness, (b.rx + b.ry) * 0.06)
+                printed, neighbours = _printed(b, rng, size, with_bubble=True,
+                                               max_tone=0.45 if label == "partial" else 1.0)
                 mark, cov = _mark(label, b, rng, size)
                 factor = printed * mark * _neighbour_ink(neighbours, rng, size)
                 info = {"shape": b.shape}
