@@ -7,6 +7,12 @@ The model still learns mostly from synthetic data: every batch is 3/4 freshly re
 generalises, accuracy is estimated by cross-validation over *sources* (sheets of the same origin grouped,
 e.g. the two queXF test forms): for each source, fine-tune on the others and predict the held-out one.
 Those out-of-fold predictions give the reported real-dev figures and fit the calibration temperature.
+
+Prior correction: synthetic training is class-balanced (every class 1/8), but on real sheets most bubbles
+are empty or filled and the other marks are rare. The posterior is re-weighted to a deployment prior by
+adding log(prior / (1/C)) to the logits (Bayes' rule for a label-prior shift), folded into the last layer's
+bias so every serving path gets it. The default prior is a generic OMR one fixed a priori (not fitted);
+pass `--class-prior` for forms with another mix (e.g. check-box surveys with many crosses).
 The final checkpoint is then fine-tuned on every source; its accuracy on real-dev is training accuracy
 and is recorded as such, never as the estimate.
 """
@@ -46,6 +52,26 @@ class FinetuneConfig:
     threads: int = 2
     workers: int = 2
     cv: bool = True
+    #: deployment class prior, "class=p,..." (normalised); empty string = no prior correction
+    class_prior: str = "empty=.45,filled=.35,partial=.04,dot=.03,cross=.05,erased=.02,scribble=.02,no_bubble=.04"
+
+
+def prior_log_ratio(spec: str, classes: list[str]) -> np.ndarray:
+    """log(prior / uniform) per class from a "class=p,..." spec; zeros when spec is empty."""
+    if not spec:
+        return np.zeros(len(classes), np.float32)
+    given = {k.strip(): float(v) for k, v in (item.split("=") for item in spec.split(","))}
+    if set(given) != set(classes) or min(given.values()) <= 0:
+        raise ValueError(f"class prior must give a positive p for exactly {classes}, got {sorted(given)}")
+    p = np.array([given[c] for c in classes], np.float64)
+    return np.log(p / p.sum() * len(classes)).astype(np.float32)
+
+
+def apply_prior(model: nn.Module, log_ratio: np.ndarray) -> None:
+    """Fold the prior correction into the final Linear layer's bias (logits += log_ratio)."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias += torch.from_numpy(log_ratio)
 
 
 def source_of(sheet_id: str) -> str:
@@ -112,12 +138,19 @@ def main(argv: list[str] | None = None) -> None:
     syn_val = render_dataset(4000, seed=cfg.seed * 1000 + 8, classes=classes, workers=cfg.workers)
     metrics: dict[str, object] = {"real_dev_zero_shot": meta.get("metrics", {}).get("real_dev")}
     temperature = float(meta.get("temperature", 1.0))
+    log_ratio = prior_log_ratio(cfg.class_prior, classes)
     if cfg.cv:
         oof, per_source = cross_validate(base, syn, real, classes, cfg)
+        metrics["real_dev_cv_no_prior"] = scores(oof, real.y, classes)
+        oof = oof + log_ratio
+        sources = np.array([source_of(g) for g in real.groups])
+        per_source = {s: {"n": v["n"], **scores(oof[sources == s], real.y[sources == s], classes)}
+                      for s, v in per_source.items()}
         metrics["real_dev_cv"] = {**scores(oof, real.y, classes), "per_source": per_source}
         temperature = fit_temperature(oof, real.y)  # calibrated on out-of-fold REAL predictions
         np.save(_oof_path(cfg), oof)
     model = finetune(base, syn, real.x, real.y, cfg)
+    apply_prior(model, log_ratio)
     metrics["real_dev_trained_on"] = scores(predict_logits(model, real.x), real.y, classes)
     metrics["synthetic_val"] = scores(predict_logits(model, syn_val[0]), syn_val[1], classes)
     out = Path(cfg.out)
@@ -125,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         out / "best.pt", model, meta["arch"], classes, temperature=temperature, metrics=metrics,
         config={**meta.get("config", {}), "finetune": asdict(cfg)}, macs=meta.get("macs"), params=meta.get("params"),
         data=f"{meta.get('data', 'synthetic')}; then fine-tuned {cfg.steps} steps on 3/4 synthetic + 1/4 real-dev "
-        "crops (all sources); real-dev figures are leave-one-source-out cross-validation (real_dev_cv)",
+        "crops (all sources); real-dev figures are leave-one-source-out cross-validation (real_dev_cv); "
+        f"class prior {cfg.class_prior or 'none'} folded into the output bias",
     )
     (out / "finetune.json").write_text(json.dumps({"metrics": metrics, "temperature": temperature}, indent=1))
     print(f"saved {out / 'best.pt'} in {time.monotonic() - t0:.0f}s; T={temperature:.3f}; "
