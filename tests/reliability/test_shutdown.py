@@ -4,8 +4,9 @@ Senders open a new connection per request, so every request has exactly one of t
 - served: 200 with one result per crop;
 - refused: the connection was refused (nothing was sent) or a clean 503 + Retry-After (nothing was done);
 - backlog reset: connected in the last instant before the listener closed, then reset by the kernel without
-  an answer (connections still in the accept backlog when a listening socket closes are reset: a TCP-level race
-  every server has; the `shutdown_delay_s` window, in which load balancers stop sending, is what closes it);
+  an answer (reset or broken pipe: connections still in the accept backlog when a listening socket closes
+  are reset, a TCP-level race every server has; the `shutdown_delay_s` window, in which load balancers stop
+  sending, is what closes it: `test_sigterm_behind_a_load_balancer_loses_nothing` requires none at all);
 - lost: anything else (reset or empty reply after the request was sent, 5xx, a wrong body, a timeout).
 The test requires 0 lost and at most one backlog reset per sender; readiness false within a poll of the
 signal; requests still served during the `shutdown_delay_s` window; big requests queued at the moment of
@@ -144,7 +145,7 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
 
     def backlog_reset(connected: float, failed: float, why: str) -> bool:
         return (
-            why.startswith(("ConnectionResetError", "RemoteDisconnected"))
+            why.startswith(("ConnectionResetError", "RemoteDisconnected", "BrokenPipeError"))
             and abs(failed - closed_at) < 0.5
             and closed_at - connected < 0.5
         )
@@ -167,3 +168,38 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
     print(f"served {len(log.served)} ({served_after} after SIGTERM), refused {len(log.refused)}, "
           f"backlog resets {len(resets)}, lost 0, "
           f"exit {code} after {t_exit - t_term:.2f}s")  # fmt: skip
+
+
+def test_sigterm_behind_a_load_balancer_loses_nothing(svc: service_process.Service) -> None:
+    """Senders stop opening connections 0.5 s after the probe first sees readiness false (a load balancer
+    removing the endpoint, well inside the 1.5 s shutdown delay): every request is served, none reset."""
+    small = orjson.dumps(json_crops(20))
+    log = Log()
+    stop = threading.Event()
+    probes: list[tuple[float, int]] = []
+
+    def removed() -> bool:
+        gone = [t for t, status in probes if status != 200]
+        return bool(gone) and time.monotonic() - gone[0] > 0.5
+
+    def sender() -> None:
+        while not stop.is_set() and not removed():
+            send_once(svc.port, small, 20, log)
+
+    threads = [threading.Thread(target=sender) for _ in range(6)]
+    threads.append(threading.Thread(target=readiness_probe, args=(svc.port, stop, probes)))
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    t_term = time.monotonic()
+    svc.process.send_signal(signal.SIGTERM)
+    try:
+        code = svc.process.wait(GRACE_S)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert code == 0, svc.log_tail()
+    assert not log.lost, log.lost[:5]
+    assert sum(t >= t_term for t in log.served) > 0  # served during the delay, before the endpoint went away
+    assert not [t for t in log.refused if t < t_term + SHUTDOWN_DELAY_S * 0.8]
