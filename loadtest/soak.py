@@ -24,7 +24,8 @@ import orjson
 
 from loadtest import server
 from loadtest.crops import CropPool
-from loadtest.overload import Client, bodies_for, closed_loop, open_loop, pct, summarise
+from loadtest.openloop import Client, closed_loop, open_loop, pct
+from loadtest.overload import bodies_for, summarise
 
 
 async def soak(url: str, svc: server.Service | None, args: argparse.Namespace) -> dict[str, Any]:

@@ -24,7 +24,8 @@ import pytest
 
 from loadtest import server as service_process
 from loadtest.crops import CropPool
-from loadtest.overload import Client, bodies_for, closed_loop, pct
+from loadtest.openloop import Client, closed_loop, pct
+from loadtest.overload import bodies_for
 
 pytestmark = pytest.mark.integration
 
