@@ -16,8 +16,17 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[train,dev]'
 	touch $@
 
-.PHONY: install serve test lint model
+.PHONY: install serve test lint model system-deps
 install: $(BIN)/.installed
+
+# Optional system tools some tests use (wrk: benchmark smoke tests; prometheus/promtool: observability tests).
+# Best effort: installed with apt-get when running as root on Debian; without them those tests skip with a reason.
+system-deps:
+	@if command -v wrk >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk prometheus >/dev/null) \
+	    || echo "system-deps: apt-get could not install wrk/prometheus; their tests will skip"; \
+	else echo "system-deps: wrk/prometheus missing and no root apt-get; their tests will skip"; fi
 
 # Reproduce the bundled model: synthetic training, fine-tuning with leave-one-source-out CV, export.
 REAL_LABELS ?= ../shared/data/real-dev/labels.csv
@@ -35,7 +44,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 # pytest exits 5 when it collects no tests: a suite that runs nothing proves nothing, so that fails too.
-test: $(BIN)/.installed
+test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
