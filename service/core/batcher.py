@@ -1,7 +1,8 @@
 """The dynamic batcher: rows (crops x TTA views) from concurrent requests share model calls.
 
 Loop (the Ray Serve / LitServe shape): wait for the first row; fix ONE monotonic deadline `max_delay_s`
-ahead; fill until `max_batch_size` rows are queued or the deadline passes; take a batch slot (at most
+ahead; while a model call is in flight, fill until `max_batch_size` rows are queued or the deadline passes
+(an idle model is called at once); take a batch slot (at most
 `max_in_flight` model calls at once); take up to `max_batch_size` rows from the head of the FIFO, splitting a
 large request across batches; pad to a power-of-two bucket; run off the event loop; fan the rows back.
 
@@ -180,7 +181,10 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = time.monotonic() + self._max_delay_s
-            while self._queued_rows < self.max_batch_size:
+            # fill only while a model call is running: with the model idle, waiting cannot overlap with
+            # anything and only adds max_delay to every request (Triton/TF-Serving dispatch-when-idle);
+            # under load calls are always in flight, so batches still fill (docs/performance.md, note 3)
+            while self._queued_rows < self.max_batch_size and self._in_flight > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
