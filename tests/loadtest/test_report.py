@@ -1,0 +1,57 @@
+"""Targets from benchmark figures: ratios, and scenarios of mostly failed requests left out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtest import report
+
+
+def _row(name: str, crops_per_s: float, failed: int = 0, requests: int = 1000, p99: float = 5.0) -> dict[str, Any]:
+    return {
+        "scenario": name, "description": name, "crops_per_s": crops_per_s, "rps": crops_per_s, "failed": failed,
+        "requests": requests, "p50_ms": 1.0, "p99_ms": p99, "service_cores_used": 1.0,
+        "crops_per_service_cpu_s": crops_per_s, "stages": {},
+    }  # fmt: skip
+
+
+def _result(off_single_failed: int = 0) -> dict[str, Any]:
+    rate = {"crops_per_s_per_core": 10_000.0}
+    return {
+        "date": "2026-01-01T00:00:00+00:00", "model": "m/1", "service_variant": "fp32", "crop_source": "synth",
+        "machine": {"cpu": "cpu", "cores": 2, "load_avg_1m_at_start": 0.1, "python": "3", "onnxruntime": "1"},
+        "settings": {"sheet_crops": 64},
+        "ceiling": {"fp32": {"model": [{"batch": 64, "crops_per_s_per_core": 40_000.0}], "best_batch": 64,
+                             "best_crops_per_s_per_core": 40_000.0,
+                             "pipeline": {"64": {"preprocess": rate, "pipeline": rate}}}},
+        "service": {
+            "batching_on": {"env": {}, "scenarios": [_row("sheets", 6_000), _row("single", 900),
+                                                      _row("idle-sheet", 5_000, p99=12.0)]},
+            "batching_off": {"env": {}, "scenarios": [_row("sheets", 2_000),
+                                                       _row("single", 300, failed=off_single_failed)]},
+        },
+    }  # fmt: skip
+
+
+def test_summarise_computes_ratios_and_verdicts() -> None:
+    s = report.summarise(_result())
+    assert s["sheet_fraction_per_core"] == 0.6
+    assert s["single_batching_speedup"] == 3.0 and s["sheet_batching_speedup"] == 3.0
+    verdicts = {t["name"]: t["met"] for t in s["targets"]}
+    assert verdicts == {
+        "model in-process, crops/s/core": True,
+        "service sheets / ceiling (per core)": True,
+        "single crops, batching on/off": True,
+        "one 100-crop sheet at idle, p99 ms": False,
+    }
+    assert s["invalid_scenarios"] == []
+
+
+def test_summarise_leaves_out_scenarios_of_failed_requests() -> None:
+    result = _result(off_single_failed=500)
+    s = report.summarise(result)
+    assert "single_batching_speedup" not in s
+    assert all(t["name"] != "single crops, batching on/off" for t in s["targets"])
+    assert s["invalid_scenarios"] == ["batching_off single (500 of 1000 requests failed)"]
+    result["summary"] = s
+    assert "Not used for targets" in report.markdown(result)
