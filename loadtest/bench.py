@@ -28,10 +28,13 @@ from loadtest.crops import CropPool
 from service.core.modelconfig import list_versions, load_config
 from service.settings import BUNDLED_REPOSITORY
 
-# Batching off: one row per model call, no fill wait. Admission's latency cap (default 200 ms) is raised to
-# the request timeout, or a closed-loop generator measures load shedding (fast 429s that the clients
-# immediately replace) instead of the unbatched throughput the ratio is about.
-BATCHING_OFF = {"OMR_MAX_BATCH_SIZE": "1", "OMR_MAX_DELAY_MS": "0", "OMR_ADMISSION_MAX_WAIT_MS": "10000"}
+# Both modes raise admission's latency cap (OMR_ADMISSION_MAX_WAIT_MS, default 200 ms) to the request
+# timeout: with the default, closed-loop clients on a busy machine measure load shedding (fast 429s they
+# immediately replace; 88 % of 8-client sheet requests in one run) instead of throughput. Admission is
+# load-tested by the reliability suite; everything else is the default settings.
+BENCH_ENV = {"OMR_ADMISSION_MAX_WAIT_MS": "10000"}
+# Batching off: one row per model call, no fill wait.
+BATCHING_OFF = {"OMR_MAX_BATCH_SIZE": "1", "OMR_MAX_DELAY_MS": "0"}
 
 
 def machine() -> dict[str, object]:
@@ -82,7 +85,7 @@ def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
         "batching_on": ({}, [sheet, single, raw, idle]),
         "batching_off": (BATCHING_OFF, [sheet, single]),
     }
-    base_env = {"OMR_MODEL_VARIANT": args.variant}
+    base_env = {"OMR_MODEL_VARIANT": args.variant, **BENCH_ENV}
     out: dict[str, object] = {}
     for mode, (env, shapes) in modes.items():
         log = Path(args.out) / f"service-{mode}.log"

@@ -119,7 +119,8 @@ def markdown(result: dict[str, Any]) -> str:
     else:
         lines += [
             "",
-            "**Service** (`python -m service`, wrk closed loop, 127.0.0.1)",
+            "**Service** (`python -m service`, wrk closed loop, 127.0.0.1; default settings except "
+            "OMR_ADMISSION_MAX_WAIT_MS=10000, and for batching off OMR_MAX_BATCH_SIZE=1 OMR_MAX_DELAY_MS=0)",
             "",
             "| batching | traffic | crops/s | req/s | p50 ms | p99 ms | failed | service cores | crops/service-CPU-s "
             "| load avg |",
