@@ -23,8 +23,10 @@ def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str
 
 def test_run_meets_generous_slo_and_writes_reports(tmp_path: Path) -> None:
     out = tmp_path / "load"
+    # admission's default 200 ms latency cap may shed a few requests on a busy CI machine; this test is
+    # about the harness (every request answered and checked), so the cap goes up to the request timeout
     proc = _run(["loadtest.run", "--users", "6", "--duration", "6", "--steps", "2", "--slo-p99-ms", "30000",
-                 "--max-fail-ratio", "0", "--out", str(out)])  # fmt: skip
+                 "--max-fail-ratio", "0", "--env", "OMR_ADMISSION_MAX_WAIT_MS=10000", "--out", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("locust.html", "locust_stats.csv", "locust_stats_history.csv", "requests.csv", "load.png"):
         assert (out / name).stat().st_size > 0, name
