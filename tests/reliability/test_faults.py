@@ -24,6 +24,8 @@ from ._support import FAIL_VALUE, SLOW_VALUE, FaultInjector, LiveServer, assert_
 pytestmark = pytest.mark.integration
 
 SIDE = 32  # the bundled model's input side: raw crops of this size reach the model unchanged
+#: these tests arrange queues on purpose (a slow batch holds the slot): admission control must not refuse them
+NO_ADMISSION_LIMIT = {"admission_max_wait_ms": 600_000, "admission_wait_fraction": 1.0}
 
 
 def raw(n: int, value: int | None = None, seed: int = 0) -> bytes:
@@ -50,7 +52,9 @@ def wait_until(predicate: object, timeout_s: float = 10.0) -> bool:
 @pytest.fixture(scope="module")
 def faulty() -> Iterator[tuple[LiveServer, FaultInjector]]:
     injector = FaultInjector(slow_s=1.0)
-    settings = Settings(max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=10, log_level="critical")
+    settings = Settings(
+        max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=10, log_level="critical", **NO_ADMISSION_LIMIT
+    )
     with live_server(settings, injector) as live:
         yield live, injector
 
@@ -109,7 +113,9 @@ def test_disconnect_mid_request_keeps_loop_and_frees_rows(faulty: tuple[LiveServ
 
 def test_timeout_while_queued_drops_rows_unrun() -> None:
     injector = FaultInjector(slow_s=1.5)
-    settings = Settings(max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=0.5, log_level="critical")
+    settings = Settings(
+        max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=0.5, log_level="critical", **NO_ADMISSION_LIMIT
+    )
     with live_server(settings, injector) as live, ThreadPoolExecutor(2) as pool, live.client() as c:
         batcher = live.state.registry.get().batcher
         (session,) = injector.sessions
@@ -131,7 +137,9 @@ def test_fault_under_concurrency_leaves_others_whole() -> None:
     """120 concurrent requests in batches of at most 16 rows; every 40th carries a poisoned crop. Every answer
     is 200 or inference_failed 500, every 200 has all its results, and the service is ready and serving afterwards."""
     injector = FaultInjector(slow_s=0.0)
-    settings = Settings(max_batch_size=16, max_batches_in_flight=2, max_delay_ms=2, log_level="critical")
+    settings = Settings(
+        max_batch_size=16, max_batches_in_flight=2, max_delay_ms=2, log_level="critical", **NO_ADMISSION_LIMIT
+    )
     with live_server(settings, injector) as live:
 
         async def one(c: httpx.AsyncClient, k: int) -> tuple[int, int, int]:
