@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Admit a request only if its estimated queue wait is below this fraction of its remaining "
         "time; the rest is headroom for decoding, replying and noise in the observed service rate.",
     )
+    admission_max_wait_ms: float = Field(
+        1000.0,
+        gt=0,
+        le=600_000,
+        description="Admit a request only if its estimated wait (decoding + queue + model) is below this latency "
+        "target too: under overload the excess gets 429 at once while admitted requests stay fast.",
+    )
     tta_default: bool | None = Field(None, description="TTA when a request does not say; None = model config.")
 
     # --- request limits (enforced before decoding) ---

@@ -4,7 +4,10 @@ Decided before any decoding work is spent, from the backlog ahead of the request
 decoding, queued, and in running model calls) and the service rate the batcher observes end to end:
 - queue full: reserved + queued rows + this request > `queue_limit` (a request larger than the limit is
   admitted only into an empty queue, so it is never refused forever);
-- too slow: backlog x seconds-per-row > the request's remaining time x `admission_wait_fraction`.
+- too slow: the estimated wait > min(remaining time x `admission_wait_fraction`, `admission_max_wait_ms`).
+  The wait prices rows still *decoding* at the observed decode cost per row (on CPU decoding, not the model,
+  is the bottleneck: pricing them at the model's cost admitted seconds of backlog and led to 504s) and rows
+  queued or running at the batcher's observed seconds per row.
 Admitted rows are *reserved* until they are queued, so a burst of concurrent requests that are all still
 decoding cannot all slip past the check at once.
 """
@@ -35,14 +38,24 @@ class Admission:
         self.queue_limit = queue_limit
         self.metrics = metrics
         self.reserved_rows = 0
+        self.decode_sec_per_row: float | None = None  # EWMA of decode wall time per row
 
     @property
     def backlog_rows(self) -> int:
         return self.reserved_rows + self.batcher.queued_rows + self.batcher.running_rows
 
+    def observe_decode(self, rows: int, seconds: float) -> None:
+        """Learn the decode cost per row from a request's measured preprocessing time."""
+        if rows > 0:
+            sample = seconds / rows
+            prev = self.decode_sec_per_row
+            self.decode_sec_per_row = sample if prev is None else 0.8 * prev + 0.2 * sample
+
     def estimated_wait_s(self, extra_rows: int = 0) -> float:
-        cost = self.batcher.sec_per_row
-        return 0.0 if cost is None else (self.backlog_rows + extra_rows) * cost
+        model_cost = self.batcher.sec_per_row or 0.0
+        decode_cost = self.decode_sec_per_row or 0.0
+        decoding = self.reserved_rows + extra_rows
+        return decoding * decode_cost + (decoding + self.batcher.queued_rows + self.batcher.running_rows) * model_cost
 
     def admit(self, rows: int, budget_s: float) -> Reservation:
         """Reserve `rows`, or raise Overloaded (429) now."""

@@ -93,8 +93,7 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
         #: EWMA of seconds per row of *throughput* while busy (feeds admission); see `_observe`
         self._sec_per_row: float | None = None
-        self._last_done: float | None = None
-        self._busy_after_last = False
+        self._recent: deque[tuple[int, float]] = deque(maxlen=32)  # (rows, seconds) of recent model calls
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -280,12 +279,10 @@ class Batcher:
         m.inference_seconds.labels(self.model, self.provider).observe(dt)
         m.batch_size.labels(self.model).observe(n)
         m.batch_fill_ratio.labels(self.model).observe(n / size)
-        # Service rate as observed end to end: while work was waiting, the time between two batch completions
-        # over the rows completed. It includes everything that competes for the CPU/GPU (decoding, other
-        # calls in flight, other processes), which a per-call model timing would not.
-        now = time.monotonic()
-        if self._last_done is not None and self._busy_after_last:
-            cost = (now - self._last_done) / n
-            self._sec_per_row = cost if self._sec_per_row is None else 0.8 * self._sec_per_row + 0.2 * cost
-        self._last_done = now
-        self._busy_after_last = self._queued_rows > 0 or self._in_flight > 1
+        # Model cost per row over a sliding window of recent calls: total call time / total rows, so large
+        # batches (how a backlog is actually served) dominate. The earlier end-to-end estimate (gap between
+        # completions / rows of one batch) priced a 1-row batch that followed a decoding pause at the whole
+        # pause, turning a small backlog into seconds of predicted wait and needless 429s. Decoding is priced
+        # separately by admission control (`Admission.observe_decode`).
+        self._recent.append((n, dt))
+        self._sec_per_row = sum(t for _, t in self._recent) / sum(r for r, _ in self._recent)

@@ -185,14 +185,19 @@ class Classifier:
         """Admit (or 429) before any work, make model-size rows, queue them, decide."""
         use_tta = self._tta_on(served, tta_requested)
         views = served.config.tta.views if use_tta else ("identity",)
-        budget = (deadline - time.monotonic()) * self.settings.admission_wait_fraction
+        budget = min(
+            (deadline - time.monotonic()) * self.settings.admission_wait_fraction,
+            self.settings.admission_max_wait_ms / 1000.0,
+        )
         reservation = served.admission.admit(len(ids) * len(views), budget)
         try:
             t0 = time.monotonic()
             rows = await make_rows()
             if use_tta:
                 rows = await asyncio.get_running_loop().run_in_executor(self._executor, tta.expand, rows, views)
-            self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
+            spent = time.monotonic() - t0
+            self.metrics.preprocess_seconds.labels(served.name).observe(spent)
+            served.admission.observe_decode(len(rows), spent)
             budget = deadline - time.monotonic()
             if budget <= 0:
                 self.metrics.rejections.labels("timeout").inc()
