@@ -253,20 +253,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_report(args: argparse.Namespace, run: Any, render: Any, name: str) -> dict[str, Any]:
+    """Run `run(url, svc, args)` against `--url` or a service started here; write NAME.json/.md; print the md."""
     env = dict(e.split("=", 1) for e in args.env)
     if args.url:
-        result = asyncio.run(experiment(args.url, None, args))
+        result = asyncio.run(run(args.url, None, args))
     else:
         with server.running(env) as svc:
-            result = asyncio.run(experiment(svc.url, svc, args))
-    md = markdown(result)
+            result = asyncio.run(run(svc.url, svc, args))
+    md = render(result)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "overload.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        (args.out / "overload.md").write_text(md)
+        (args.out / f"{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        (args.out / f"{name}.md").write_text(md)
     sys.stdout.write(md)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    run_and_report(parse_args(argv), experiment, markdown, "overload")
     return 0
 
 

@@ -13,19 +13,16 @@ failed or RSS grew by more than `--max-rss-growth`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from loadtest import server
 from loadtest.crops import CropPool
 from loadtest.openloop import Client, closed_loop, open_loop, pct
-from loadtest.overload import bodies_for, summarise
+from loadtest.overload import bodies_for, run_and_report, summarise
 
 
 async def soak(url: str, svc: server.Service | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -125,18 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = dict(e.split("=", 1) for e in args.env)
-    if args.url:
-        result = asyncio.run(soak(args.url, None, args))
-    else:
-        with server.running(env) as svc:
-            result = asyncio.run(soak(svc.url, svc, args))
-    md = markdown(result)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "soak.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        (args.out / "soak.md").write_text(md)
-    sys.stdout.write(md)
+    result = run_and_report(args, soak, markdown, "soak")
     grew = result["rss_growth"] > args.max_rss_growth
     return 1 if result["failed"] or grew else 0
 
