@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from models.labelled import decode_crops, read_labels
-from service.core.preprocess import resize
+from service.core.modelconfig import InputSpec
+from service.core.preprocess import prepare
 
 
 @dataclass
@@ -21,6 +22,6 @@ class RealSet:
 
 def load_real_set(labels_csv: Path, classes: list[str], side: int = 32) -> RealSet:
     items = read_labels(labels_csv, classes)
-    x = np.stack([resize(c, side, side) for c in decode_crops(items)])
+    x = prepare(decode_crops(items), InputSpec(height=side, width=side))  # the service's resize path
     y = np.array([classes.index(it.label) for it in items], np.int64)
     return RealSet(x, y, [it.path for it in items], [it.sheet_id or "" for it in items])
