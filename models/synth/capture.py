@@ -27,6 +27,23 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(img, (k, k), sigma)
 
 
+def _shake(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera shake: a short linear motion blur, or a faint double image (ghosted print and outlines)."""
+    size = img.shape[0]
+    length = rng.uniform(0.02, 0.08) * size
+    ang = rng.uniform(0, np.pi)
+    dx, dy = length * np.cos(ang), length * np.sin(ang)
+    if rng.random() < 0.5:
+        k = np.zeros((int(2 * np.ceil(length)) + 1,) * 2, np.float32)
+        c = k.shape[0] // 2
+        cv2.line(k, (round(c - dx / 2), round(c - dy / 2)), (round(c + dx / 2), round(c + dy / 2)), 1.0, 1)
+        return cv2.filter2D(img, -1, k / k.sum(), borderType=cv2.BORDER_REFLECT)
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    ghost = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    w = rng.uniform(0.25, 0.5)
+    return (1 - w) * img + w * ghost
+
+
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     ok, enc = cv2.imencode(".jpg", np.clip(img * 255, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
     return cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 if ok else img
@@ -36,6 +53,8 @@ def capture(canvas: np.ndarray, native: int, rng: np.random.Generator) -> np.nda
     """Float reflectance canvas -> uint8 grayscale crop of side `native` as a scan/photo would give it."""
     mode = rng.choice(["scan", "photo", "bilevel"], p=[0.4, 0.45, 0.15])
     img = geometry(canvas, rng)
+    if mode == "photo" and rng.random() < 0.25:
+        img = _shake(img, rng)
     if mode == "photo" and rng.random() < 0.5:  # optics blur before sampling
         img = _blur(img, rng.uniform(0.5, 2.5) * canvas.shape[0] / native)
     if mode == "photo" and rng.random() < 0.5:  # captured at lower resolution, upscaled by the engine
