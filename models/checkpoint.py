@@ -1,7 +1,7 @@
 """Checkpoint format shared by training, calibration and export.
 
 A checkpoint is a `torch.save`d dict:
-    arch         str, key of `models.net.ARCHS`
+    arch         str, key of `models.net.ARCHS`, or 'KEY*N' for an ensemble of N members
     classes      list[str], output column order
     state_dict   the model weights
     config       dict, the TrainConfig that produced it (dataclasses.asdict)
@@ -17,17 +17,17 @@ from typing import Any
 
 import torch
 
-from models.net import BubbleNet, build_model
+from models.net import Classifier, build_model
 
 
-def save_checkpoint(path: Path, model: BubbleNet, arch: str, classes: list[str], **meta: Any) -> None:
+def save_checkpoint(path: Path, model: Classifier, arch: str, classes: list[str], **meta: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"arch": arch, "classes": list(classes), "state_dict": model.state_dict(), "temperature": 1.0}
     payload.update(meta)
     torch.save(payload, path)
 
 
-def load_checkpoint(path: Path) -> tuple[BubbleNet, dict[str, Any]]:
+def load_checkpoint(path: Path) -> tuple[Classifier, dict[str, Any]]:
     """The model in eval mode and the checkpoint's metadata (everything but the weights)."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(payload["arch"], len(payload["classes"]))

@@ -32,6 +32,7 @@ from torch import nn
 
 from models.calibrate import fit_temperature
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.net import Ensemble
 from models.realdev import RealSet, load_real_set
 from models.synth import render_dataset
 from models.train import DEFAULT_REAL, augment, predict_logits, scores, to_input
@@ -68,10 +69,16 @@ def prior_log_ratio(spec: str, classes: list[str]) -> np.ndarray:
 
 
 def apply_prior(model: nn.Module, log_ratio: np.ndarray) -> None:
-    """Fold the prior correction into the final Linear layer's bias (logits += log_ratio)."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    with torch.no_grad():
-        last.bias += torch.from_numpy(log_ratio)
+    """Fold the prior correction into the final Linear layer's bias (logits += log_ratio).
+
+    For an ensemble every member gets it: the mean of log_softmax(z_i + r) is mean(z_i) + r minus a
+    per-row constant, so its softmax is the prior-corrected ensemble posterior.
+    """
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    for member in members:
+        last = [m for m in member.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias += torch.from_numpy(log_ratio)
 
 
 def source_of(sheet_id: str) -> str:
@@ -97,13 +104,21 @@ def finetune(base: Path, syn: tuple[np.ndarray, np.ndarray], real_x: np.ndarray,
         if n_real:
             i_r = torch.randint(0, len(xr), (n_real,), generator=gen)
             xb, yb = torch.cat([xb, xr[i_r]]), torch.cat([yb, yr[i_r]])
-        loss = loss_fn(model(augment(to_input(xb), gen)), yb)  # [B,1,32,32] -> logits [B,C]
+        loss = member_loss(model, loss_fn, augment(to_input(xb), gen), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     model.eval()
     return model
+
+
+def member_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss on a batch [B,1,32,32]; an ensemble's members each fit it on their own (the mean of
+    their losses, not the loss of their average, so they stay independent models)."""
+    if isinstance(model, Ensemble):
+        return torch.stack([loss_fn(z, y) for z in model.member_logits(x)]).mean()
+    return loss_fn(model(x), y)
 
 
 def cross_validate(base: Path, syn: tuple[np.ndarray, np.ndarray], real: RealSet, classes: list[str],

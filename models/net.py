@@ -60,9 +60,44 @@ class BubbleNet(nn.Module):
         return self.head(self.features(x * 2.0 - 1.0))
 
 
-def build_model(arch: str, num_classes: int) -> BubbleNet:
-    spec = ARCHS[arch]
-    return BubbleNet(num_classes, spec.widths, spec.input_size)
+class Ensemble(nn.Module):
+    """Members trained apart (different seeds and renders), served as one graph.
+
+    The output is the mean of the members' log-probabilities (a normalised geometric mean of their
+    probabilities): softmax of it is the ensemble's posterior, so it stays a drop-in logits output.
+    Averaging removes much of the seed-to-seed variance that a small net shows on real crops.
+    """
+
+    def __init__(self, members: list[BubbleNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.input_size = members[0].input_size
+
+    def member_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [m(x) for m in self.members]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = [torch.log_softmax(z, dim=1) for z in self.member_logits(x)]
+        return torch.stack(logp).mean(0)
+
+
+Classifier = BubbleNet | Ensemble
+
+
+def parse_arch(arch: str) -> tuple[str, int]:
+    """'small' -> ('small', 1); 'small*3' -> ('small', 3): an ensemble of three."""
+    name, _, n = arch.partition("*")
+    if name not in ARCHS or (n and (not n.isdigit() or int(n) < 1)):
+        raise ValueError(f"unknown arch {arch!r}: use one of {sorted(ARCHS)}, optionally '*N' for an ensemble")
+    return name, int(n or 1)
+
+
+def build_model(arch: str, num_classes: int) -> Classifier:
+    name, n = parse_arch(arch)
+    spec = ARCHS[name]
+    if n == 1:
+        return BubbleNet(num_classes, spec.widths, spec.input_size)
+    return Ensemble([BubbleNet(num_classes, spec.widths, spec.input_size) for _ in range(n)])
 
 
 def count_macs(model: nn.Module, input_size: int = 32) -> int:
