@@ -137,15 +137,19 @@ def mark_dot(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) ->
 
 def mark_cross(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) -> np.ndarray:
     layer = new_layer(size)
-    r = max(b.rx, b.ry) * rng.uniform(0.7, 1.5)
+    # on check-box forms people cross sloppily: often far past the box, off-centre, strokes not meeting
+    # in the middle (real queXF crosses reach ~2x the box and off the crop)
+    big = rng.random() < 0.35
+    r = max(b.rx, b.ry) * (rng.uniform(1.3, 2.2) if big else rng.uniform(0.7, 1.5))
     w = min(ins.width, max(b.rx, b.ry) * 0.14)
-    c = np.array([b.cx, b.cy]) + rng.normal(0, 0.08 * b.rx, 2)
+    c = np.array([b.cx, b.cy]) + rng.normal(0, (0.15 if big else 0.08) * b.rx, 2)
     if rng.random() < 0.7:  # X
         for base in (np.pi / 4, 3 * np.pi / 4):
             a = base + rng.normal(0, 0.18)
             ext = r * rng.uniform(0.8, 1.1)
-            stroke(layer, tuple(c - ext * np.array([np.cos(a), np.sin(a)])),
-                   tuple(c + ext * np.array([np.cos(a), np.sin(a)])), w, rng)
+            cs = c + rng.normal(0, 0.1 * b.rx, 2) if big else c
+            stroke(layer, tuple(cs - ext * np.array([np.cos(a), np.sin(a)])),
+                   tuple(cs + ext * np.array([np.cos(a), np.sin(a)])), w, rng)
     else:  # tick
         p0 = c + r * np.array([-0.6, 0.0]) + rng.normal(0, 0.05 * r, 2)
         p1 = c + r * np.array([-0.1, 0.55]) + rng.normal(0, 0.05 * r, 2)
