@@ -51,10 +51,6 @@ class TrainConfig:
     threads: int = 2
     workers: int = 2
     real_labels: str = str(DEFAULT_REAL)
-    #: optional teacher checkpoint (usually an ensemble, `models.ensemble`): distil its posterior into this model
-    teacher: str = ""
-    #: weight of the teacher's soft targets in the loss (the rest is the hard-label cross-entropy)
-    distill_alpha: float = 0.8
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
 
 
@@ -113,7 +109,6 @@ def train(cfg: TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
-    soft = teacher_targets(Path(cfg.teacher), x_tr) if cfg.teacher else None
     # The weights' moving average (BN statistics included) is what gets validated and saved: single-epoch
     # snapshots of a small net swing a lot on real crops (their accuracy moved 56-76 % between epochs).
     ema = WeightEMA(model, cfg.ema) if cfg.ema else None
@@ -127,11 +122,7 @@ def train(cfg: TrainConfig) -> Path:
         for step in range(steps_per_epoch):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xb = augment(to_input(xt[idx]), gen)  # [B,1,32,32]
-            logits = model(xb)  # [B,C]
-            loss = loss_fn(logits, yt[idx])
-            if soft is not None:  # cross-entropy to the teacher's distribution (KL up to a constant)
-                kd = -(soft[idx] * torch.log_softmax(logits, 1)).sum(1).mean()
-                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+            loss = loss_fn(model(xb), yt[idx])  # logits [B,C]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -164,8 +155,7 @@ def train(cfg: TrainConfig) -> Path:
     meta = {
         "config": asdict(cfg), "metrics": metrics, "macs": count_macs(model), "params": count_params(model),
         "data": f"{cfg.train_size} synthetic crops (models.synth, seed {cfg.seed * 1000 + 1}), class-balanced; "
-        "real-dev used for monitoring only, never for weights or model selection"
-        + (f"; soft targets distilled from {cfg.teacher} (weight {cfg.distill_alpha})" if cfg.teacher else ""),
+        "real-dev used for monitoring only, never for weights or model selection",
     }
     ckpt = out / "best.pt"
     save_checkpoint(ckpt, model, cfg.arch, cfg.classes, **meta)
@@ -178,19 +168,6 @@ def train(cfg: TrainConfig) -> Path:
     save_checkpoint(ckpt, model, cfg.arch, cfg.classes, temperature=temperature, **meta)
     print(f"saved {ckpt} (temperature {temperature:.3f}); metrics {json.dumps(metrics)}", flush=True)
     return ckpt
-
-
-def teacher_targets(path: Path, x_u8: np.ndarray) -> torch.Tensor:
-    """The teacher's class probabilities [N,C] for the training crops, computed once.
-
-    Targets come from the un-augmented crops: the per-batch flips/rotations are label-preserving
-    symmetries, so the teacher's posterior is (near enough) the same for the augmented view.
-    Distillation is how an ensemble's robustness on real crops reaches a model cheap enough to serve.
-    """
-    from models.checkpoint import load_checkpoint
-
-    teacher, _ = load_checkpoint(path)
-    return torch.softmax(torch.from_numpy(predict_logits(teacher, x_u8)), 1)
 
 
 class WeightEMA:
