@@ -47,6 +47,30 @@ def _crop_error(index: int, crop_id: str, reason: str, message: str) -> dict[str
 #: requests with at most this many encoded crops are decoded on the event loop, not in the executor
 INLINE_DECODE_MAX = 4
 
+
+class WorkClock:
+    """Time spent *working* on a request's rows (decode, resize, TTA views), summed over the worker calls.
+
+    Admission prices rows still decoding at this per-row cost. The request's wall time is the wrong
+    measure: under a burst of small requests it includes waiting behind the others in the executor, and
+    pricing every reserved row at that inflated cost refused requests the service had time for.
+    """
+
+    def __init__(self) -> None:
+        self._spans: list[float] = []  # list.append is atomic: safe from executor threads
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._spans.append(time.perf_counter() - t0)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self._spans)
+
+
 def _decode_chunk(
     images: Sequence[str | bytes], ids: Sequence[str], start: int, b64: bool, inp: InputSpec
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -124,17 +148,17 @@ class Classifier:
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         inp = served.config.input
 
-        async def decode() -> np.ndarray:
+        async def decode(clock: WorkClock) -> np.ndarray:
             if len(images) <= INLINE_DECODE_MAX:
                 # a few crops decode in ~50 us each: cheaper on the loop than queueing behind other
                 # requests' chunks in the preprocessing executor (measured: docs/performance.md, note 2)
-                results = [_decode_chunk(images, id_list, 0, base64_encoded, inp)]
+                results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp)]
             else:
                 loop = asyncio.get_running_loop()
                 chunk = max(64, math.ceil(len(images) / self.settings.preprocess_threads))
                 jobs = [
                     loop.run_in_executor(
-                        self._executor, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp
+                        self._executor, clock.run, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp
                     )
                     for s in range(0, len(images), chunk)
                 ]
@@ -163,10 +187,10 @@ class Classifier:
         served, profile = self._resolve(model, version, profile)
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(tensor))]
 
-        async def resize() -> np.ndarray:
+        async def resize(clock: WorkClock) -> np.ndarray:
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    self._executor, prepare_raw, tensor, served.config.input
+                    self._executor, clock.run, prepare_raw, tensor, served.config.input
                 )
             except CropError as exc:
                 raise InvalidCrops([_crop_error(0, id_list[0], exc.reason, exc.message)]) from exc
@@ -180,7 +204,7 @@ class Classifier:
         ids: list[str],
         tta_requested: bool | None,
         deadline: float,
-        make_rows: Callable[[], Awaitable[np.ndarray]],
+        make_rows: Callable[[WorkClock], Awaitable[np.ndarray]],
     ) -> Classification:
         """Admit (or 429) before any work, make model-size rows, queue them, decide."""
         use_tta = self._tta_on(served, tta_requested)
@@ -192,12 +216,14 @@ class Classifier:
         reservation = served.admission.admit(len(ids) * len(views), budget)
         try:
             t0 = time.monotonic()
-            rows = await make_rows()
+            clock = WorkClock()
+            rows = await make_rows(clock)
             if use_tta:
-                rows = await asyncio.get_running_loop().run_in_executor(self._executor, tta.expand, rows, views)
-            spent = time.monotonic() - t0
-            self.metrics.preprocess_seconds.labels(served.name).observe(spent)
-            served.admission.observe_decode(len(rows), spent)
+                rows = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, clock.run, tta.expand, rows, views
+                )
+            self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
+            served.admission.observe_decode(len(rows), clock.seconds)
             budget = deadline - time.monotonic()
             if budget <= 0:
                 self.metrics.rejections.labels("timeout").inc()
