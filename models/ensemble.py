@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,9 +24,10 @@ from models.synth import render_dataset
 from models.train import DEFAULT_REAL, predict_logits, scores
 
 
-def combine(paths: list[Path]) -> tuple[Ensemble, dict[str, object]]:
+def combine(paths: list[Path]) -> tuple[Ensemble, list[dict[str, Any]]]:
+    """The members as one Ensemble, and each member checkpoint's metadata."""
     members: list[BubbleNet] = []
-    metas: list[dict[str, object]] = []
+    metas: list[dict[str, Any]] = []
     for p in paths:
         model, meta = load_checkpoint(p)
         if not isinstance(model, BubbleNet):
@@ -34,7 +36,7 @@ def combine(paths: list[Path]) -> tuple[Ensemble, dict[str, object]]:
             raise ValueError(f"{p}: arch/classes {meta['arch']}/{meta['classes']} differ from the first member's")
         members.append(model)
         metas.append(meta)
-    return Ensemble(members).eval(), {"members": [str(p) for p in paths], "member_meta": metas}
+    return Ensemble(members).eval(), metas
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=99)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    model, info = combine(args.members)
-    first = info["member_meta"][0]  # type: ignore[index]
+    model, metas = combine(args.members)
+    first = metas[0]
     classes = list(first["classes"])
     arch = f"{first['arch']}*{len(args.members)}"
     x_va, y_va = render_dataset(args.val_size, seed=args.seed, classes=classes)
@@ -56,13 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.real_labels.is_file():
         real = load_real_set(args.real_labels, classes)
         metrics["real_dev"] = scores(predict_logits(model, real.x), real.y, classes)
-    metrics["members"] = [m.get("metrics") for m in info["member_meta"]]  # type: ignore[union-attr]
+    metrics["members"] = [m.get("metrics") for m in metas]
     save_checkpoint(
         args.out, model, arch, classes, temperature=fit_temperature(val_logits, y_va), metrics=metrics,
-        config={"ensemble_of": info["members"], "member_config": first.get("config")},
-        macs=sum(int(m.get("macs") or 0) for m in info["member_meta"]) or None,  # type: ignore[union-attr]
+        config={"ensemble_of": [str(p) for p in args.members], "member_config": first.get("config")},
+        macs=sum(int(m.get("macs") or 0) for m in metas) or None,
         params=sum(p.numel() for p in model.parameters()),
-        data="ensemble of " + " | ".join(f"[{m.get('data', '?')}]" for m in info["member_meta"]),  # type: ignore[union-attr]
+        data="ensemble of " + " | ".join(f"[{m.get('data', '?')}]" for m in metas),
     )
     print(f"saved {args.out} ({arch}): {json.dumps({k: v for k, v in metrics.items() if k != 'members'})}", flush=True)
 

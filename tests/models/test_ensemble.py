@@ -41,8 +41,8 @@ def test_parse_arch_reads_ensembles_and_refuses_unknown_names() -> None:
 
 def test_combined_checkpoint_outputs_the_mean_member_log_probability(tmp_path: Path) -> None:
     paths = _members(tmp_path)
-    model, info = combine(paths)
-    assert info["members"] == [str(p) for p in paths]
+    model, metas = combine(paths)
+    assert [m["arch"] for m in metas] == ["tiny", "tiny"] and "state_dict" not in metas[0]
     x = torch.rand(5, 1, 32, 32)
     singles = [load_checkpoint(p)[0] for p in paths]
     expected = torch.stack([torch.log_softmax(m(x), 1) for m in singles]).mean(0)
