@@ -50,5 +50,6 @@ lint: $(BIN)/.installed
 # pytest exits 5 when it collects no tests: a suite that runs nothing proves nothing, so that fails too.
 test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc

@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         metrics["real_dev"] = scores(predict_logits(model, real.x), real.y, classes)
     metrics["members"] = [m.get("metrics") for m in metas]
     save_checkpoint(
-        args.out, model, arch, classes, temperature=fit_temperature(val_logits, y_va), metrics=metrics,
+        args.out,
+        model,
+        arch,
+        classes,
+        temperature=fit_temperature(val_logits, y_va),
+        metrics=metrics,
         config={"ensemble_of": [str(p) for p in args.members], "member_config": first.get("config")},
         macs=sum(int(m.get("macs") or 0) for m in metas) or None,
         params=sum(p.numel() for p in model.parameters()),

@@ -86,8 +86,9 @@ def source_of(sheet_id: str) -> str:
     return re.sub(r"[_-]?\d+$", "", sheet_id)
 
 
-def finetune(base: Path, syn: tuple[np.ndarray, np.ndarray], real_x: np.ndarray, real_y: np.ndarray,
-             cfg: FinetuneConfig) -> nn.Module:
+def finetune(
+    base: Path, syn: tuple[np.ndarray, np.ndarray], real_x: np.ndarray, real_y: np.ndarray, cfg: FinetuneConfig
+) -> nn.Module:
     """Fine-tune a fresh copy of the base model on synthetic + the given real crops."""
     model, _ = load_checkpoint(base)
     model.train()
@@ -121,8 +122,9 @@ def member_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.
     return loss_fn(model(x), y)
 
 
-def cross_validate(base: Path, syn: tuple[np.ndarray, np.ndarray], real: RealSet, classes: list[str],
-                   cfg: FinetuneConfig) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
+def cross_validate(
+    base: Path, syn: tuple[np.ndarray, np.ndarray], real: RealSet, classes: list[str], cfg: FinetuneConfig
+) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
     """Out-of-fold logits for every real crop (each from a model that never saw its source)."""
     sources = np.array([source_of(g) for g in real.groups])
     oof = np.zeros((len(real.y), len(classes)), np.float32)
@@ -159,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics["real_dev_cv_no_prior"] = scores(oof, real.y, classes)
         oof = oof + log_ratio
         sources = np.array([source_of(g) for g in real.groups])
-        per_source = {s: {"n": v["n"], **scores(oof[sources == s], real.y[sources == s], classes)}
-                      for s, v in per_source.items()}
+        per_source = {
+            s: {"n": v["n"], **scores(oof[sources == s], real.y[sources == s], classes)} for s, v in per_source.items()
+        }
         metrics["real_dev_cv"] = {**scores(oof, real.y, classes), "per_source": per_source}
         temperature = fit_temperature(oof, real.y)  # calibrated on out-of-fold REAL predictions
         np.save(_oof_path(cfg), oof)
@@ -170,15 +173,25 @@ def main(argv: list[str] | None = None) -> None:
     metrics["synthetic_val"] = scores(predict_logits(model, syn_val[0]), syn_val[1], classes)
     out = Path(cfg.out)
     save_checkpoint(
-        out / "best.pt", model, meta["arch"], classes, temperature=temperature, metrics=metrics,
-        config={**meta.get("config", {}), "finetune": asdict(cfg)}, macs=meta.get("macs"), params=meta.get("params"),
+        out / "best.pt",
+        model,
+        meta["arch"],
+        classes,
+        temperature=temperature,
+        metrics=metrics,
+        config={**meta.get("config", {}), "finetune": asdict(cfg)},
+        macs=meta.get("macs"),
+        params=meta.get("params"),
         data=f"{meta.get('data', 'synthetic')}; then fine-tuned {cfg.steps} steps on 3/4 synthetic + 1/4 real-dev "
         "crops (all sources); real-dev figures are leave-one-source-out cross-validation (real_dev_cv); "
         f"class prior {cfg.class_prior or 'none'} folded into the output bias",
     )
     (out / "finetune.json").write_text(json.dumps({"metrics": metrics, "temperature": temperature}, indent=1))
-    print(f"saved {out / 'best.pt'} in {time.monotonic() - t0:.0f}s; T={temperature:.3f}; "
-          f"{json.dumps({k: v for k, v in metrics.items() if k != 'real_dev_cv'})}", flush=True)
+    print(
+        f"saved {out / 'best.pt'} in {time.monotonic() - t0:.0f}s; T={temperature:.3f}; "
+        f"{json.dumps({k: v for k, v in metrics.items() if k != 'real_dev_cv'})}",
+        flush=True,
+    )
     if "real_dev_cv" in metrics:
         cv = metrics["real_dev_cv"]
         print(f"leave-one-source-out: accuracy {cv['accuracy']:.4f} binary {cv['binary_accuracy']:.4f}", flush=True)

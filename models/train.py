@@ -153,7 +153,10 @@ def train(cfg: TrainConfig) -> Path:
     if real is not None:
         metrics["real_dev"] = scores(predict_logits(model, real.x), real.y, cfg.classes)
     meta = {
-        "config": asdict(cfg), "metrics": metrics, "macs": count_macs(model), "params": count_params(model),
+        "config": asdict(cfg),
+        "metrics": metrics,
+        "macs": count_macs(model),
+        "params": count_params(model),
         "data": f"{cfg.train_size} synthetic crops (models.synth, seed {cfg.seed * 1000 + 1}), class-balanced; "
         "real-dev used for monitoring only, never for weights or model selection",
     }

@@ -1,6 +1,6 @@
 """Contact sheets: synthetic crops per class beside real ones, for a person to compare.
 
-    python -m models.synth.contact --out runs/contact [--per-class 16] [--seed 0] [--real-labels CSV]
+python -m models.synth.contact --out runs/contact [--per-class 16] [--seed 0] [--real-labels CSV]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def _row(label: str, tiles: list[np.ndarray], per_row: int) -> np.ndarray:
 
 def synthetic_sheet(per_class: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return np.vstack([_row(c, [_tile(render_sample(c, rng).image) for _ in range(per_class)], per_class)
-                      for c in CLASSES])
+    return np.vstack(
+        [_row(c, [_tile(render_sample(c, rng).image) for _ in range(per_class)], per_class) for c in CLASSES]
+    )
 
 
 def real_sheet(labels_csv: Path, per_class: int, seed: int) -> np.ndarray:

@@ -135,8 +135,16 @@ def draw_side_text(layer: np.ndarray, b: Bubble, size: int, rng: np.random.Gener
     side = -1 if rng.random() < 0.7 else 1
     (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x = b.cx + side * (b.rx + b.thickness + rng.uniform(2, 8)) - (w if side < 0 else 0)
-    cv2.putText(layer, text, (int(x), int(b.cy + h / 2)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255,
-                max(1, int(scale * 2)), cv2.LINE_AA)
+    cv2.putText(
+        layer,
+        text,
+        (int(x), int(b.cy + h / 2)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        255,
+        max(1, int(scale * 2)),
+        cv2.LINE_AA,
+    )
 
 
 def draw_lines(layer: np.ndarray, b: Bubble, size: int, rng: np.random.Generator) -> None:
@@ -155,8 +163,7 @@ def draw_lines(layer: np.ndarray, b: Bubble, size: int, rng: np.random.Generator
         for i in range(n):
             if dotted and i % 2:
                 continue
-            cv2.line(layer, _pt(xs[i], ys[i]), _pt(xs[i + 1], ys[i + 1]), 255, max(1, round(th)),
-                     cv2.LINE_AA, SHIFT)
+            cv2.line(layer, _pt(xs[i], ys[i]), _pt(xs[i + 1], ys[i + 1]), 255, max(1, round(th)), cv2.LINE_AA, SHIFT)
     # keep the bubble's interior clear of connector lines (they stop at the outline)
     layer[interior_mask(b, size)] = 0
 

@@ -56,8 +56,16 @@ def blob(b: Bubble, scale: float, rng: np.random.Generator, size: int, off: tupl
     return layer
 
 
-def zigzag(b: Bubble, rng: np.random.Generator, size: int, width: float, spacing: float,
-           reach: float = 1.0, angle: float | None = None, region: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+def zigzag(
+    b: Bubble,
+    rng: np.random.Generator,
+    size: int,
+    width: float,
+    spacing: float,
+    reach: float = 1.0,
+    angle: float | None = None,
+    region: tuple[float, float] = (-1.0, 1.0),
+) -> np.ndarray:
     """Back-and-forth strokes across the bubble (ballpoint fill, hatching, partial scribble).
 
     reach scales the span the strokes cover (1 = to the outline, > 1 overflows); region limits the
@@ -81,8 +89,9 @@ def zigzag(b: Bubble, rng: np.random.Generator, size: int, width: float, spacing
     return layer
 
 
-def stroke(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], width: float,
-           rng: np.random.Generator) -> None:
+def stroke(
+    layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], width: float, rng: np.random.Generator
+) -> None:
     """A slightly curved hand stroke from p0 to p1."""
     n = 8
     t = np.linspace(0, 1, n)[:, None]
@@ -90,8 +99,7 @@ def stroke(layer: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], 
     normal = np.array([-(p1a - p0a)[1], (p1a - p0a)[0]]) / (np.linalg.norm(p1a - p0a) + 1e-6)
     bend = rng.normal(0, 0.06) * np.linalg.norm(p1a - p0a)
     pts = p0a + t * (p1a - p0a) + normal * (bend * 4 * t * (1 - t))
-    cv2.polylines(layer, [np.round(pts * 16).astype(np.int32)], False, 255, max(1, round(width)),
-                  cv2.LINE_AA, 4)
+    cv2.polylines(layer, [np.round(pts * 16).astype(np.int32)], False, 255, max(1, round(width)), cv2.LINE_AA, 4)
 
 
 def mark_filled(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) -> np.ndarray:
@@ -127,8 +135,18 @@ def mark_dot(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) ->
     cx, cy = b.cx + rng.uniform(-0.45, 0.45) * r, b.cy + rng.uniform(-0.45, 0.45) * r
     if rng.random() < 0.6:
         rad = r * rng.uniform(0.1, 0.36)
-        cv2.ellipse(layer, (int(cx * 16), int(cy * 16)), (int(rad * 16), int(rad * rng.uniform(0.7, 1.0) * 16)),
-                    rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA, 4)
+        cv2.ellipse(
+            layer,
+            (int(cx * 16), int(cy * 16)),
+            (int(rad * 16), int(rad * rng.uniform(0.7, 1.0) * 16)),
+            rng.uniform(0, 180),
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
     else:  # a short stroke
         ang, ln = rng.uniform(0, np.pi), r * rng.uniform(0.2, 0.6)
         stroke(layer, (cx, cy), (cx + ln * np.cos(ang), cy + ln * np.sin(ang)), min(ins.width, r * 0.2), rng)
@@ -148,8 +166,13 @@ def mark_cross(b: Bubble, rng: np.random.Generator, size: int, ins: Instrument) 
             a = base + rng.normal(0, 0.18)
             ext = r * rng.uniform(0.8, 1.1)
             cs = c + rng.normal(0, 0.1 * b.rx, 2) if big else c
-            stroke(layer, tuple(cs - ext * np.array([np.cos(a), np.sin(a)])),
-                   tuple(cs + ext * np.array([np.cos(a), np.sin(a)])), w, rng)
+            stroke(
+                layer,
+                tuple(cs - ext * np.array([np.cos(a), np.sin(a)])),
+                tuple(cs + ext * np.array([np.cos(a), np.sin(a)])),
+                w,
+                rng,
+            )
     else:  # tick
         p0 = c + r * np.array([-0.6, 0.0]) + rng.normal(0, 0.05 * r, 2)
         p1 = c + r * np.array([-0.1, 0.55]) + rng.normal(0, 0.05 * r, 2)
@@ -166,8 +189,9 @@ def mark_scribble(b: Bubble, rng: np.random.Generator, size: int, ins: Instrumen
     base = rng.uniform(0, np.pi)
     for k in range(int(rng.integers(2, 4))):  # cross-hatching: passes at clearly different angles
         ang = base + k * np.pi / 3 + rng.normal(0, 0.15)
-        layer = np.maximum(layer, zigzag(b, rng, size, w, w * rng.uniform(1.8, 3.5), reach=rng.uniform(1.0, 1.3),
-                                         angle=ang))
+        layer = np.maximum(
+            layer, zigzag(b, rng, size, w, w * rng.uniform(1.8, 3.5), reach=rng.uniform(1.0, 1.3), angle=ang)
+        )
     return layer
 
 

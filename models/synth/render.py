@@ -146,8 +146,15 @@ def _no_bubble_layout(rng: np.random.Generator, size: int) -> tuple[np.ndarray, 
         layer = L.new_layer(size)
         if kind == "text":
             for _ in range(int(rng.integers(1, 4))):
-                b2 = L.Bubble("circle", rng.uniform(0.1, 0.9) * size, rng.uniform(0.2, 0.9) * size,
-                              size * rng.uniform(0.1, 0.25), size * rng.uniform(0.1, 0.25), 1, 0)
+                b2 = L.Bubble(
+                    "circle",
+                    rng.uniform(0.1, 0.9) * size,
+                    rng.uniform(0.2, 0.9) * size,
+                    size * rng.uniform(0.1, 0.25),
+                    size * rng.uniform(0.1, 0.25),
+                    1,
+                    0,
+                )
                 L.draw_glyph(layer, b2, rng)
         elif kind == "line":
             L.draw_lines(layer, b, size, rng)
@@ -170,8 +177,9 @@ def render_sample(label: str, rng: np.random.Generator, native: int | None = Non
                 b = _bubble(rng, size)
                 if label == "partial":  # what tells partial from filled is the visible outline around the ink
                     b.thickness = max(b.thickness, (b.rx + b.ry) * 0.06)
-                printed, neighbours = _printed(b, rng, size, with_bubble=True,
-                                               max_tone=0.45 if label == "partial" else 1.0)
+                printed, neighbours = _printed(
+                    b, rng, size, with_bubble=True, max_tone=0.45 if label == "partial" else 1.0
+                )
                 mark, cov = _mark(label, b, rng, size)
                 factor = printed * mark * _neighbour_ink(neighbours, rng, size)
                 info = {"shape": b.shape}

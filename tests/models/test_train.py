@@ -16,8 +16,17 @@ from models.train import TrainConfig, train
 
 @pytest.mark.slow
 def test_train_tiny_run_lowers_loss_and_saves_checkpoint(tmp_path: Path) -> None:
-    cfg = TrainConfig(out=str(tmp_path / "run"), arch="tiny", train_size=3072, val_size=512, epochs=3,
-                      batch_size=128, workers=1, threads=1, real_labels=str(tmp_path / "absent.csv"))
+    cfg = TrainConfig(
+        out=str(tmp_path / "run"),
+        arch="tiny",
+        train_size=3072,
+        val_size=512,
+        epochs=3,
+        batch_size=128,
+        workers=1,
+        threads=1,
+        real_labels=str(tmp_path / "absent.csv"),
+    )
     ckpt = train(cfg)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_loss"] < history[0]["val_loss"]

@@ -51,8 +51,9 @@ def test_classify_concurrent_batched_equals_single_crop(live_server, make_crops,
     expected = _single_crop_reference(encoded)
     classes = load_config(VERSION_DIR).classes
 
-    settings = Settings(max_batch_size=64, max_delay_ms=5, max_batches_in_flight=2, request_timeout_s=60,
-                        admission_max_wait_ms=60_000)  # a 120-request burst: correctness, not admission
+    settings = Settings(
+        max_batch_size=64, max_delay_ms=5, max_batches_in_flight=2, request_timeout_s=60, admission_max_wait_ms=60_000
+    )  # a 120-request burst: correctness, not admission
     with live_server(create_app(settings)) as url:
 
         async def run_all() -> list[dict]:
