@@ -49,3 +49,15 @@ def test_render_dataset_is_class_balanced_at_model_size() -> None:
 def test_sample_crops_returns_model_size_uint8() -> None:
     x = sample_crops(16, seed=0)
     assert x.shape == (16, 32, 32) and x.dtype == np.uint8 and x.std() > 0
+
+
+def test_capture_sharpening_overshoots_at_an_edge_and_keeps_flat_paper() -> None:
+    """Unsharp masking gives a step edge a dark and a light halo, as phone photos show; flat areas stay flat."""
+    from models.synth.capture import _sharpen
+
+    img = np.full((64, 64), 0.9, np.float32)
+    img[:, 32:] = 0.3
+    out = _sharpen(img, np.random.default_rng(0))
+    assert out[:, 28:32].max() > 0.9 + 0.02  # light halo on the paper side
+    assert out[:, 32:36].min() < 0.3 - 0.02  # dark halo on the ink side
+    assert np.allclose(out[:, :16], 0.9, atol=1e-3) and np.allclose(out[:, 48:], 0.3, atol=1e-3)
