@@ -35,7 +35,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.net import Ensemble
 from models.realdev import RealSet, load_real_set
 from models.synth import render_dataset
-from models.train import DEFAULT_REAL, augment, predict_logits, scores, to_input
+from models.train import DEFAULT_REAL, augment, predict_logits, scores, to_input, write_confusion
 
 
 @dataclass
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics["real_dev_cv"] = {**scores(oof, real.y, classes), "per_source": per_source}
         temperature = fit_temperature(oof, real.y)  # calibrated on out-of-fold REAL predictions
         np.save(_oof_path(cfg), oof)
+        write_confusion(Path(cfg.out) / "confusion_real_dev_cv.png", oof, real.y, classes, "real-dev, out of fold")
     model = finetune(base, syn, real.x, real.y, cfg)
     apply_prior(model, log_ratio)
     metrics["real_dev_trained_on"] = scores(predict_logits(model, real.x), real.y, classes)

@@ -150,8 +150,11 @@ def train(cfg: TrainConfig) -> Path:
     metrics: dict[str, object] = {"epochs_run": len(history)}
     val_logits = predict_logits(model, x_va)
     metrics["synthetic_val"] = scores(val_logits, y_va, cfg.classes)
+    write_confusion(out / "confusion_synthetic.png", val_logits, y_va, cfg.classes, "synthetic validation")
     if real is not None:
-        metrics["real_dev"] = scores(predict_logits(model, real.x), real.y, cfg.classes)
+        real_logits = predict_logits(model, real.x)
+        metrics["real_dev"] = scores(real_logits, real.y, cfg.classes)
+        write_confusion(out / "confusion_real_dev.png", real_logits, real.y, cfg.classes, "real-dev (monitor only)")
     meta = {
         "config": asdict(cfg),
         "metrics": metrics,
@@ -171,6 +174,15 @@ def train(cfg: TrainConfig) -> Path:
     save_checkpoint(ckpt, model, cfg.arch, cfg.classes, temperature=temperature, **meta)
     print(f"saved {ckpt} (temperature {temperature:.3f}); metrics {json.dumps(metrics)}", flush=True)
     return ckpt
+
+
+def write_confusion(path: Path, logits: np.ndarray, y: np.ndarray, classes: list[str], title: str) -> Path:
+    """Confusion-matrix PNG (rows true, columns argmax) of a run's logits."""
+    from models import plots
+
+    cm = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(cm, (y, logits.argmax(1)), 1)
+    return plots.write_png(path, plots.confusion_image(cm, classes, title))
 
 
 class WeightEMA:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
 from models.net import ARCHS, build_model, count_macs
+from models.synth import render_sample
 from models.train import TrainConfig, train
+from service.core.taxonomy import CLASSES
 
 
 @pytest.mark.slow
-def test_train_tiny_run_lowers_loss_and_saves_checkpoint(tmp_path: Path) -> None:
+def test_train_tiny_run_lowers_loss_and_saves_checkpoint(tmp_path: Path, write_labelled) -> None:
+    rng = np.random.default_rng(5)
+    rows = [(f"{i}.png", render_sample(c, rng).image, c, None, f"sheet{i % 2}") for i, c in enumerate(CLASSES)]
+    labels = write_labelled(rows)
     cfg = TrainConfig(
         out=str(tmp_path / "run"),
         arch="tiny",
@@ -25,16 +31,18 @@ def test_train_tiny_run_lowers_loss_and_saves_checkpoint(tmp_path: Path) -> None
         batch_size=128,
         workers=1,
         threads=1,
-        real_labels=str(tmp_path / "absent.csv"),
+        real_labels=str(labels),
     )
     ckpt = train(cfg)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    for png in ("curves.png", "confusion_synthetic.png", "confusion_real_dev.png"):
+        assert cv2.imread(str(tmp_path / "run" / png)) is not None, png
     model, meta = load_checkpoint(ckpt)
     assert meta["arch"] == "tiny" and meta["config"]["train_size"] == 3072
     assert 0.2 < meta["temperature"] < 10
+    assert 0.0 <= meta["metrics"]["real_dev"]["accuracy"] <= 1.0  # monitored, never trained on
     out = model(torch.rand(3, 1, 32, 32))
     assert out.shape == (3, len(meta["classes"]))
 
