@@ -118,8 +118,7 @@ def metrics(
     mask = np.asarray(marked_mask, bool)
     n, c = len(y), len(classes)
     pred = probs.argmax(1)
-    cm = np.zeros((c, c), np.int64)
-    np.add.at(cm, (y, pred), 1)
+    cm = plots.confusion_counts(y, pred, c)
     truth = mask[y] if binary_true is None else np.asarray(binary_true, bool)
     marked = probs[:, mask].sum(1) >= 0.5
     per_class = {}

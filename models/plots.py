@@ -77,6 +77,13 @@ def crop_grid(tiles: Sequence[Tile], title: str, cols: int = 8, side: int = 112)
     return img
 
 
+def confusion_counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix [true, predicted] of class indices."""
+    cm = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
 def confusion_image(cm: np.ndarray, classes: Sequence[str], title: str) -> np.ndarray:
     """Rows = true class, columns = predicted; cell shade by row-normalised rate, counts written in."""
     n = len(classes)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import plots
 from models.checkpoint import save_checkpoint
 from models.net import build_model, count_macs, count_params
 from models.realdev import RealSet, load_real_set
@@ -178,10 +179,7 @@ def train(cfg: TrainConfig) -> Path:
 
 def write_confusion(path: Path, logits: np.ndarray, y: np.ndarray, classes: list[str], title: str) -> Path:
     """Confusion-matrix PNG (rows true, columns argmax) of a run's logits."""
-    from models import plots
-
-    cm = np.zeros((len(classes), len(classes)), np.int64)
-    np.add.at(cm, (y, logits.argmax(1)), 1)
+    cm = plots.confusion_counts(y, logits.argmax(1), len(classes))
     return plots.write_png(path, plots.confusion_image(cm, classes, title))
 
 
