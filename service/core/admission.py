@@ -38,14 +38,14 @@ class Admission:
         self.queue_limit = queue_limit
         self.metrics = metrics
         self.reserved_rows = 0
-        self.decode_sec_per_row: float | None = None  # EWMA of decode wall time per row
+        self.decode_sec_per_row: float | None = None  # EWMA of decode work time per row (WorkClock)
 
     @property
     def backlog_rows(self) -> int:
         return self.reserved_rows + self.batcher.queued_rows + self.batcher.running_rows
 
     def observe_decode(self, rows: int, seconds: float) -> None:
-        """Learn the decode cost per row from a request's measured preprocessing time."""
+        """Learn the decode cost per row from the work time a request's rows took in the workers."""
         if rows > 0:
             sample = seconds / rows
             prev = self.decode_sec_per_row
