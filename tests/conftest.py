@@ -1,13 +1,35 @@
-"""Shared fixtures: synthetic crops encoded as real images, and a real uvicorn server on 127.0.0.1."""
+"""Shared fixtures: synthetic crops encoded as real images, a real uvicorn server on 127.0.0.1, bounded waits on
+observable state, and the test session's isolation.
+
+Isolation (every test, every subprocess a test starts):
+- `OMR_*` environment variables are removed when the session starts, so a stray `OMR_AUTH_TOKEN` in a
+  developer's shell changes nothing (subprocesses inherit the cleaned environment);
+- the session runs in an empty temporary working directory, so `Settings()` never reads a `.env` lying in the
+  checkout (pydantic-settings reads `.env` relative to the working directory). Use absolute paths (`REPO / ...`).
+
+External data and tools (see `pytest --help`, "omr" options):
+- the real-dev labelled crops: `--real-dev PATH` or `OMR_REAL_DEV=PATH` (the labels.csv), default
+  `<checkout>/../shared/data/real-dev/labels.csv`; tests take them through the `real_dev` fixture;
+- system tools: `@pytest.mark.needs_tool("wrk", "promtool")`.
+Where they are missing, those tests skip with the reason - unless `CI=true`, where a missing tool or missing
+real-dev data FAILS the test: CI must not stay green by running less.
+
+Order: the default run is in file order. `pytest --random-order` (pytest-random-order, dev extra) shuffles
+modules and the tests inside each; `--random-order-bucket=global` shuffles across modules; the seed is printed
+in the header, `--random-order-seed=N` replays it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import os
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -18,6 +40,102 @@ import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_REPOSITORY = REPO / "models" / "repository"
+#: where the real-dev set lies beside a checkout of this repository (as the Makefile's REAL_LABELS)
+DEFAULT_REAL_DEV = REPO.parent / "shared" / "data" / "real-dev" / "labels.csv"
+#: read before `OMR_*` is cleared: the one OMR_ variable meant for the test session itself
+_REAL_DEV_ENV = os.environ.get("OMR_REAL_DEV")
+
+
+def in_ci() -> bool:
+    """CI=true (GitHub Actions, GitLab, ...): missing data or tools fail instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with `reason`; under CI=true fail with it (a green CI must have run the test)."""
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("omr", "OMR test data")
+    group.addoption(
+        "--real-dev",
+        type=Path,
+        default=Path(_REAL_DEV_ENV) if _REAL_DEV_ENV else DEFAULT_REAL_DEV,
+        help="labels.csv of the real-dev crops (env OMR_REAL_DEV; default <checkout>/../shared/data/real-dev/"
+        "labels.csv). Missing: those tests skip, or fail with CI=true.",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_tool(*names): system tools on PATH; skip without (fail with CI=true)")
+    for name in [k for k in os.environ if k.startswith("OMR_")]:
+        del os.environ[name]  # subprocesses inherit this environment too
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs_tool"):
+        missing = [t for t in mark.args if shutil.which(t) is None]
+        if missing:
+            hint = mark.kwargs.get("hint", "make system-deps")
+            skip_or_fail(f"{', '.join(missing)} not on PATH ({hint})")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run the session in an empty folder: `Settings()` must not read a `.env` from the checkout."""
+    before = Path.cwd()
+    cwd = tmp_path_factory.mktemp("cwd")
+    os.chdir(cwd)
+    try:
+        yield cwd
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="session")
+def real_dev(pytestconfig: pytest.Config) -> Path:
+    """The real-dev labels.csv (`--real-dev` / OMR_REAL_DEV); skips without it (fails with CI=true)."""
+    path: Path = pytestconfig.getoption("real_dev")
+    if not path.is_file():
+        skip_or_fail(f"real-dev labels not found at {path} (pass --real-dev PATH or set OMR_REAL_DEV)")
+    return path.resolve()
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Block until `predicate()` is truthy; AssertionError naming `what` after `timeout_s`.
+
+    For observing another thread's or process's progress where no event can be handed over (a gauge, a
+    counter, a socket): it polls, but only ever waits for a state, never for an amount of time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
+        time.sleep(0.005)
+
+
+async def await_until(
+    predicate: Callable[[], Awaitable[object]], timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    """`wait_until` for a coroutine predicate (e.g. one that reads /metrics with an async client)."""
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:g}s waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture(scope="session")
+def until() -> Callable[..., None]:
+    """`until(predicate, timeout_s=20, what="...")`: a bounded wait on observable state (see `wait_until`)."""
+    return wait_until
+
+
+@pytest.fixture(scope="session")
+def async_until() -> Callable[..., Awaitable[None]]:
+    """`await async_until(async_predicate, timeout_s=20, what="...")`: `until` for coroutine predicates."""
+    return await_until
 
 
 def encode(img: np.ndarray, ext: str = ".png") -> bytes:
