@@ -3,6 +3,7 @@
     ServiceError                 500  internal            (also the catch-all: no stack trace leaves)
     ├── BadRequest               400  bad_request         malformed JSON, wrong types, bad shape header
     │   ├── InvalidCrops         422  invalid_crops       names every offending crop: index, id, reason
+    │   ├── InvalidQuestions     422  invalid_questions   names every offending question: id, reason
     │   └── UnknownProfile       400  unknown_profile
     ├── Unauthorized             401  unauthorized        no detail, WWW-Authenticate: Bearer
     ├── ModelNotFound            404  model_not_found
@@ -53,6 +54,18 @@ class InvalidCrops(BadRequest):
         first = crops[0]
         more = f" (and {len(crops) - 1} more)" if len(crops) > 1 else ""
         super().__init__(f"crop {first['index']} (id {first['id']!r}): {first['message']}{more}", crops=crops)
+
+
+class InvalidQuestions(BadRequest):
+    """The request's question grouping cannot be used; `questions` lists each with id, reason and message."""
+
+    status = 422
+    code = "invalid_questions"
+
+    def __init__(self, questions: list[dict[str, Any]]) -> None:
+        first = questions[0]
+        more = f" (and {len(questions) - 1} more)" if len(questions) > 1 else ""
+        super().__init__(f"question {first['id']!r}: {first['message']}{more}", questions=questions)
 
 
 class UnknownProfile(BadRequest):
