@@ -19,7 +19,7 @@ import torch
 from models.calibrate import fit_temperature
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.net import BubbleNet, Ensemble
-from models.realdev import load_real_set
+from models.realdev import SEALED, load_real_set
 from models.synth import render_dataset
 from models.train import DEFAULT_REAL, predict_logits, scores
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     val_logits = predict_logits(model, x_va)
     metrics: dict[str, object] = {"synthetic_val": scores(val_logits, y_va, classes)}
     if args.real_labels.is_file():
-        real = load_real_set(args.real_labels, classes)
+        real = load_real_set(args.real_labels, classes, exclude=SEALED)  # sealed: final evaluation only
         metrics["real_dev"] = scores(predict_logits(model, real.x), real.y, classes)
     metrics["members"] = [m.get("metrics") for m in metas]
     save_checkpoint(

@@ -27,7 +27,7 @@ from torch import nn
 from models import plots
 from models.checkpoint import save_checkpoint
 from models.net import build_model, count_macs, count_params
-from models.realdev import RealSet, load_real_set
+from models.realdev import SEALED, RealSet, load_real_set
 from models.synth import render_dataset
 from service.core.taxonomy import CLASSES, PROFILES
 
@@ -100,7 +100,8 @@ def train(cfg: TrainConfig) -> Path:
     x_tr, y_tr = render_dataset(cfg.train_size, seed=cfg.seed * 1000 + 1, classes=cfg.classes, workers=cfg.workers)
     x_va, y_va = render_dataset(cfg.val_size, seed=cfg.seed * 1000 + 2, classes=cfg.classes, workers=cfg.workers)
     real_csv = Path(cfg.real_labels)
-    real: RealSet | None = load_real_set(real_csv, cfg.classes) if real_csv.is_file() else None
+    # the monitor never reads the sealed sources (models.realdev): they are for the final evaluation only
+    real: RealSet | None = load_real_set(real_csv, cfg.classes, exclude=SEALED) if real_csv.is_file() else None
     print(f"rendered {len(x_tr)} train / {len(x_va)} val crops in {time.monotonic() - t0:.0f}s", flush=True)
 
     model = build_model(cfg.arch, len(cfg.classes))
