@@ -12,7 +12,6 @@ accuracy served. No torch: numpy, onnxruntime and OpenCV only. Exit status 2 on 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -22,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from models import plots
-from models.calibrate import ECE_BINS, expected_calibration_error, reliability
+from models.eval_report import format_report, write_artifacts
 from models.labelled import (
     LabelledCrop,
     LabelsError,
@@ -32,6 +30,7 @@ from models.labelled import (
     label_binary_conflicts,
     read_labels,
 )
+from models.scoring import metrics
 from service.core.modelconfig import METADATA_KEY, ModelArtifactError, ModelConfig, load_config, verified_model_path
 from service.core.postprocess import Decision, calibrated_probabilities, decide
 from service.core.preprocess import normalize, prepare
@@ -82,74 +81,65 @@ class Predictions:
     decisions: list[Decision]
 
 
+def _requests(sheets: Sequence[str | None] | None, n: int) -> list[np.ndarray]:
+    """Crop indices per request: one request per sheet (as an engine sends them); a crop without a sheet id
+    is a request of its own (context-free)."""
+    if sheets is None:
+        return [np.array([i]) for i in range(n)]
+    groups: dict[str, list[int]] = {}
+    alone: list[np.ndarray] = []
+    for i, s in enumerate(sheets):
+        if s:
+            groups.setdefault(s, []).append(i)
+        else:
+            alone.append(np.array([i]))
+    return [np.array(v) for v in groups.values()] + alone
+
+
 def predict(
-    model: OnnxModel, crops: Sequence[np.ndarray], tta: bool, profile: str, batch_rows: int = 256
+    model: OnnxModel,
+    crops: Sequence[np.ndarray],
+    tta: bool,
+    profile: str,
+    batch_rows: int = 256,
+    sheets: Sequence[str | None] | None = None,
+    config: ModelConfig | None = None,
 ) -> Predictions:
-    """Decoded uint8 crops -> calibrated probabilities and the service's decisions, in batches of rows."""
-    cfg = model.config
+    """Decoded uint8 crops -> calibrated probabilities and the service's decisions, each sheet's crops decided
+    together as one request (sheet context included). `config` overrides the model's own (fold models are
+    bare ONNX files served under the bundled model's config)."""
+    cfg = config or model.config
     views = tuple(cfg.tta.views) if tta else ("identity",)
     per_chunk = max(1, batch_rows // len(views))  # a batch counts rows = crops x views, as the service does
+    x = prepare(crops, cfg.input) if len(crops) else np.zeros((0, cfg.input.height, cfg.input.width), np.uint8)
     view_probs = []
-    for start in range(0, len(crops), per_chunk):
-        x = prepare(crops[start : start + per_chunk], cfg.input)  # uint8 [n, H, W]
-        rows = expand(x, views) if tta else x  # [n*V, H, W], view-major per crop
+    for start in range(0, len(x), per_chunk):
+        chunk = x[start : start + per_chunk]  # uint8 [n, H, W]
+        rows = expand(chunk, views) if tta else chunk  # [n*V, H, W], view-major per crop
         feed = normalize(rows, cfg.preprocess, cfg.input.dtype)  # [n*V, 1, H, W]
         (logits,) = model.session.run([cfg.output_name], {cfg.input.name: feed})
         probs = calibrated_probabilities(np.asarray(logits, np.float32), cfg.temperature)  # [n*V, C]
-        view_probs.append(probs.reshape(len(x), len(views), -1))
+        view_probs.append(probs.reshape(len(chunk), len(views), -1))
     vp = np.concatenate(view_probs) if view_probs else np.zeros((0, len(views), len(cfg.classes)), np.float32)
     mean, agree = reduce(vp.reshape(-1, vp.shape[-1]), len(views))
-    return Predictions(mean, vp, agree if tta else None, decide(mean, cfg, profile, agree if tta else None))
+    decisions: list[Decision | None] = [None] * len(x)
+    for idx in _requests(sheets, len(x)):
+        got = decide_request(mean[idx], x[idx], cfg, profile, agree[idx] if tta else None, vp[idx] if tta else None)
+        for i, d in zip(idx.tolist(), got, strict=True):
+            decisions[i] = d
+    return Predictions(mean, vp, agree if tta else None, [d for d in decisions if d is not None])
 
 
-def metrics(
-    y: np.ndarray,
+def decide_request(
     probs: np.ndarray,
-    classes: Sequence[str],
-    marked_mask: Sequence[bool],
-    binary_true: np.ndarray | None = None,
-    review: np.ndarray | None = None,
-) -> dict[str, object]:
-    """All figures from calibrated probabilities [N, C] and true class indices [N] (numpy only).
-
-    Binary prediction = sum of the marked classes' probabilities >= 0.5 (the rule of `postprocess.decide`);
-    binary truth = `binary_true` if given, else the true class's marking under `marked_mask`.
-    """
-    mask = np.asarray(marked_mask, bool)
-    n, c = len(y), len(classes)
-    pred = probs.argmax(1)
-    cm = plots.confusion_counts(y, pred, c)
-    truth = mask[y] if binary_true is None else np.asarray(binary_true, bool)
-    marked = probs[:, mask].sum(1) >= 0.5
-    per_class = {}
-    for k, name in enumerate(classes):
-        tp, support, predicted = int(cm[k, k]), int(cm[k].sum()), int(cm[:, k].sum())
-        p = tp / predicted if predicted else 0.0
-        r = tp / support if support else 0.0
-        f1 = 2 * p * r / (p + r) if p + r else 0.0
-        per_class[name] = {"precision": p, "recall": r, "f1": f1, "support": support, "predicted": predicted}
-    present = [v["f1"] for v in per_class.values() if v["support"]]
-    eps = 1e-12
-    out: dict[str, object] = {
-        "n": n,
-        "accuracy": float((pred == y).mean()) if n else 0.0,
-        "binary_accuracy": float((marked == truth).mean()) if n else 0.0,
-        "binary": {
-            "marked_as_marked": int((marked & truth).sum()),
-            "unmarked_as_unmarked": int((~marked & ~truth).sum()),
-            "false_marked": int((marked & ~truth).sum()),
-            "missed_marked": int((~marked & truth).sum()),
-        },
-        "macro_f1_present": float(np.mean(present)) if present else 0.0,
-        "per_class": per_class,
-        "confusion": {"classes": list(classes), "rows_true_cols_pred": cm.tolist()},
-        "ece": expected_calibration_error(probs, y),
-        "nll": float(-np.log(probs[np.arange(n), y] + eps).mean()) if n else 0.0,
-        "mean_confidence": float(probs.max(1).mean()) if n else 0.0,
-    }
-    if review is not None:
-        out["review_flagged"] = int(np.asarray(review, bool).sum())
-    return out
+    rows: np.ndarray,
+    cfg: ModelConfig,
+    profile: str,
+    agree: np.ndarray | None,
+    view_probs: np.ndarray | None,
+) -> list[Decision]:
+    """One request's decisions exactly as the service makes them (placeholder until sheet context lands)."""
+    return decide(probs, cfg, profile, agree)
 
 
 def evaluate_arrays(
@@ -159,23 +149,47 @@ def evaluate_arrays(
     profile: str | None = None,
     binary_true: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """Metrics for raw logits [N, C] under a model config (its temperature, profile and review rules)."""
+    """Metrics for raw logits [N, C] under a model config (its temperature, profile and review rules); each
+    row is decided as a request of its own (no sheet context: the rows carry no pixels)."""
     prof = profile or config.default_profile
     probs = calibrated_probabilities(logits, config.temperature)
-    review = np.array([d.review for d in decide(probs, config, prof)], bool)
-    return metrics(y, probs, config.classes, config.marked_mask(prof), binary_true, review)
+    decisions = decide(probs, config, prof)
+    truth = np.asarray(config.marked_mask(prof), bool)[y] if binary_true is None else np.asarray(binary_true, bool)
+    return metrics(y, probs, config.classes, decisions, truth)
+
+
+def is_sure(item: LabelledCrop) -> bool:
+    """Labelled without doubt: the labeller's notes flag neither UNCERTAIN nor BORDERLINE."""
+    notes = item.extra.get("notes", "").upper()
+    return "UNCERTAIN" not in notes and "BORDERLINE" not in notes
+
+
+def score(
+    items: Sequence[LabelledCrop], pred: Predictions, cfg: ModelConfig, profile: str
+) -> tuple[dict[str, object], np.ndarray, np.ndarray]:
+    """The metrics of served predictions against the labels (+ the true classes and the binary truth)."""
+    y = np.array([cfg.classes.index(it.label) for it in items], np.int64)
+    truth, source = binary_truth(items, cfg, profile)
+    sure = np.array([is_sure(it) for it in items], bool)
+    report = metrics(y, pred.probs, cfg.classes, pred.decisions, truth, sure)
+    report["binary_truth"] = source
+    return report, y, truth
 
 
 def evaluate(
-    model: OnnxModel, items: Sequence[LabelledCrop], tta: bool, profile: str, out: Path | None, batch_rows: int = 256
+    model: OnnxModel,
+    items: Sequence[LabelledCrop],
+    tta: bool,
+    profile: str,
+    out: Path | None,
+    batch_rows: int = 256,
+    config: ModelConfig | None = None,
 ) -> dict[str, object]:
-    cfg = model.config
+    """Every crop through the service's path, each sheet's crops as one request; figures and artifacts."""
+    cfg = config or model.config
     crops = decode_crops(items)
-    pred = predict(model, crops, tta, profile, batch_rows)
-    y = np.array([cfg.classes.index(it.label) for it in items], np.int64)
-    truth, source = binary_truth(items, cfg, profile)
-    review = np.array([d.review for d in pred.decisions], bool)
-    report = metrics(y, pred.probs, cfg.classes, cfg.marked_mask(profile), truth, review)
+    pred = predict(model, crops, tta, profile, batch_rows, [it.sheet_id for it in items], cfg)
+    report, y, truth = score(items, pred, cfg, profile)
     report.update(
         model=f"{cfg.name}/{cfg.version}",
         onnx=str(model.path),
@@ -183,77 +197,11 @@ def evaluate(
         tta=tta,
         views=list(cfg.tta.views) if tta else ["identity"],
         profile=profile,
-        binary_truth=source,
         label_binary_conflicts=label_binary_conflicts(items, cfg),
     )
     if out is not None:
         report["artifacts"] = write_artifacts(out, items, crops, pred, y, truth, report)
     return report
-
-
-PREDICTION_COLUMNS = "crop_file label predicted confidence marked_truth marked marked_probability review_reasons"
-
-
-def write_artifacts(out: Path, items, crops, pred: Predictions, y, truth, report) -> dict[str, str]:
-    """confusion.png, misclassified.png (most confident errors first), reliability.png, predictions.csv, JSON."""
-    classes, model = report["confusion"]["classes"], report["model"]
-    top, conf = pred.probs.argmax(1), pred.probs.max(1)
-    wrong = [i for i in np.argsort(-conf, kind="stable") if top[i] != y[i]]
-    tiles = [
-        plots.Tile(
-            crops[i],
-            (f"true: {items[i].label}", f"pred: {classes[top[i]]} {conf[i]:.2f}", Path(items[i].crop_file).name[:18]),
-            plots.RED if pred.decisions[i].marked != truth[i] else plots.ORANGE,
-        )
-        for i in wrong[:MAX_GRID]
-    ]
-    title = f"{model}: {len(wrong)} misclassified of {len(y)} (showing {len(tiles)}; red = binary wrong too)"
-    bins = reliability(conf, top == y, ECE_BINS)
-    cm = np.array(report["confusion"]["rows_true_cols_pred"])
-    paths = {
-        "confusion_png": plots.write_png(out / "confusion.png", plots.confusion_image(cm, classes, model)),
-        "misclassified_png": plots.write_png(out / "misclassified.png", plots.crop_grid(tiles, title)),
-        "reliability_png": plots.write_png(
-            out / "reliability.png", plots.reliability_image(*bins, f"{model}: ECE {report['ece']:.4f}")
-        ),
-        "predictions_csv": out / "predictions.csv",
-        "metrics_json": out / "metrics.json",
-    }
-    with paths["predictions_csv"].open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(PREDICTION_COLUMNS.split())
-        for it, d, t in zip(items, pred.decisions, truth, strict=True):
-            row = (d.label, f"{d.confidence:.4f}", int(t), int(d.marked), f"{d.marked_probability:.4f}")
-            w.writerow([it.crop_file, it.label, *row, ";".join(d.review_reasons)])
-    result = {k: str(v) for k, v in paths.items()}
-    paths["metrics_json"].write_text(json.dumps({**report, "artifacts": result}, indent=1))
-    return result
-
-
-def format_report(r: dict[str, object]) -> str:
-    b = r["binary"]
-    lines = [
-        f"model {r['model']}  T={r['temperature']:.3f}  tta={r['tta']}  profile={r['profile']}  crops={r['n']}",
-        f"multi-class accuracy  {r['accuracy']:.4f}",
-        f"binary accuracy       {r['binary_accuracy']:.4f}  (truth: {r['binary_truth']}; false marked "
-        f"{b['false_marked']}, missed marks {b['missed_marked']})",
-        f"ECE ({ECE_BINS} bins)          {r['ece']:.4f}   NLL {r['nll']:.4f}",
-        f"flagged for review    {r['review_flagged']}",
-        "",
-        f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
-    ]
-    for name, m in r["per_class"].items():
-        lines.append(f"{name:<10} {m['precision']:>9.4f} {m['recall']:>7.4f} {m['f1']:>7.4f} {m['support']:>8d}")
-    classes = r["confusion"]["classes"]
-    w = max(6, *(len(c) for c in classes)) + 1
-    lines += ["", "confusion (rows true, columns predicted)", " " * w + "".join(f"{c[: w - 1]:>{w}}" for c in classes)]
-    for name, row in zip(classes, r["confusion"]["rows_true_cols_pred"], strict=True):
-        lines.append(f"{name:<{w}}" + "".join(f"{v:>{w}d}" for v in row))
-    if r["label_binary_conflicts"]:
-        lines.append(f"\nlabel vs binary column conflicts: {r['label_binary_conflicts']}")
-    for k, v in r.get("artifacts", {}).items():
-        lines.append(f"{k}: {v}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default=None, help="ONNX variant of a version folder (default: its default)")
     ap.add_argument("--out", type=Path, default=None, help="folder for PNGs/CSV/JSON (default runs/evaluate/...)")
     ap.add_argument("--batch", type=int, default=256, help="rows (crops x views) per ONNX Runtime call")
+    ap.add_argument(
+        "--folds", type=Path, default=None, help="models.finetune's fold models (folds.json): add leave-one-source-out"
+    )
+    ap.add_argument("--unseal", action="store_true", help="with --folds: also score the sealed sources (final only)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args(argv)
     try:
@@ -281,12 +233,38 @@ def main(argv: list[str] | None = None) -> int:
         items = read_labels(args.labels, cfg.classes)
         tta = cfg.tta.default if args.tta is None else args.tta
         out = args.out or Path("runs/evaluate") / f"{cfg.name}-{cfg.version}{'-tta' if tta else ''}"
-        report = evaluate(model, items, tta, profile, out, args.batch)
-    except (LabelsError, ModelArtifactError) as exc:
+        reports = {"bundled": evaluate(model, items, tta, profile, out, args.batch)}
+        if args.folds is not None:
+            reports.update(_fold_reports(args.folds, items, model, tta, profile, args.unseal, out))
+    except (LabelsError, ModelArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if args.json else format_report(report))
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports["bundled"]))
+    else:
+        titles = {"loso": "leave-one-source-out (tuning sources; each predicted by a fold that never saw it)",
+                  "sealed": "sealed sources (never tuned on; predicted by the model fine-tuned on all tuning sources)",
+                  "bundled": "bundled model on every crop (trained on them: NOT an estimate)"}  # fmt: skip
+        print("\n\n".join(format_report(r, titles[k] if len(reports) > 1 else None) for k, r in reports.items()))
     return 0
+
+
+def _fold_reports(folds: Path, items, model: OnnxModel, tta: bool, profile: str, unseal: bool, out: Path) -> dict:
+    from models import loso  # the fold machinery imports this module
+
+    crops = decode_crops(items)
+    base = {"model": f"{model.config.name}/{model.config.version} recipe", "onnx": str(folds),
+            "temperature": model.config.temperature, "tta": tta, "profile": profile}  # fmt: skip
+    found: dict[str, dict[str, object]] = {}
+    for key, sealed in (("loso", False), ("sealed", True)) if unseal else (("loso", False),):
+        rep, oof = loso.report(folds, items, crops, model.config, tta, profile, sealed)
+        rep.update(base)
+        held = [items[i] for i in oof.index]
+        y = np.array([model.config.classes.index(it.label) for it in held], np.int64)
+        truth, _ = binary_truth(held, model.config, profile)
+        rep["artifacts"] = write_artifacts(out / key, held, [crops[i] for i in oof.index], oof.pred, y, truth, rep)
+        found[key] = rep
+    return found
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models.evaluate import evaluate_arrays, expected_calibration_error, main, metrics
+from models.calibrate import expected_calibration_error
+from models.evaluate import evaluate_arrays, main
 from models.labelled import LabelsError, read_labels
 from service.core.modelconfig import ModelConfig, VariantSpec
 from service.core.taxonomy import CLASSES, profile_maps
@@ -100,7 +101,7 @@ def test_evaluate_cli_text_output_names_every_figure(make_model, write_labelled,
         "multi-class accuracy  0.7273",
         "binary accuracy       0.8182",
         "ECE (15 bins)",
-        "flagged for review    1",
+        "review                flags 1 (9.09%), catches",
         "confusion (rows true, columns predicted)",
         "no_bubble",
     ):
@@ -190,11 +191,54 @@ def test_expected_calibration_error_matches_hand_count() -> None:
     assert expected_calibration_error(np.array([[1.0, 0.0]] * 4), np.zeros(4, int)) == 0.0
 
 
-def test_metrics_binary_from_marked_mass_not_top_class() -> None:
-    # top class "empty" (0.4) but filled+partial = 0.6 -> marked, exactly like postprocess.decide
-    probs = np.array([[0.4, 0.3, 0.3]])
-    m = metrics(np.array([1]), probs, ["empty", "filled", "partial"], [False, True, True])
-    assert m["accuracy"] == 0.0 and m["binary_accuracy"] == 1.0
+def test_evaluate_arrays_binary_is_the_served_decision_not_the_top_class() -> None:
+    # top class "empty" but filled + partial mass = 0.6: the served rule decides marked (postprocess.decide)
+    cfg = ModelConfig(
+        name="x",
+        version="1",
+        classes=CLASSES,
+        profiles=profile_maps(CLASSES),
+        variants={"fp32": VariantSpec(file="m.onnx", precision="fp32", sha256="0" * 64)},
+    )
+    p = np.full(len(CLASSES), 1e-4)
+    p[:3] = [0.4, 0.3, 0.3]
+    r = evaluate_arrays(np.log(p)[None].astype(np.float32), np.array([1]), cfg)
+    assert r["binary_accuracy"] == 1.0 and r["binary"]["marked_as_marked"] == 1
+
+
+@pytest.mark.integration
+def test_evaluate_predictions_equal_the_services_answers(make_model, write_labelled, live_server, tmp_path, capsys):
+    """The same crops, sent as one request per sheet to a real server: every decision evaluate reports is the
+    one the service serves (label, marked, marked_probability, review reasons)."""
+    import base64
+    import csv
+
+    import httpx
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    folder = make_model()
+    labels = write_labelled(ROWS)
+    assert main(["--model", str(folder), "--labels", str(labels), "--out", str(tmp_path / "ev")]) == 0
+    capsys.readouterr()
+    with (tmp_path / "ev" / "predictions.csv").open() as f:
+        measured = {row["crop_file"]: row for row in csv.DictReader(f)}
+    settings = Settings(model_repository=folder.parent.parent, default_model="tiny")
+    served: dict[str, dict] = {}
+    with live_server(create_app(settings)) as url:
+        for sheet in sorted({r[4] for r in ROWS}):
+            names = [f"crops/{r[0]}" for r in ROWS if r[4] == sheet]
+            crops = [{"id": n, "image": base64.b64encode((labels.parent / n).read_bytes()).decode()} for n in names]
+            resp = httpx.post(f"{url}/classify", json={"crops": crops, "sheet": sheet}, timeout=30)
+            assert resp.status_code == 200, resp.text
+            served.update({r["id"]: r for r in resp.json()["results"]})
+    assert set(served) == set(measured)
+    for name, m in measured.items():
+        s = served[name]
+        assert (s["label"], int(s["marked"]), ";".join(s["review_reasons"])) == (
+            m["predicted"], int(m["marked"]), m["review_reasons"]), name  # fmt: skip
+        assert s["marked_probability"] == pytest.approx(float(m["marked_probability"]), abs=1e-4)
 
 
 def test_evaluate_arrays_applies_config_temperature_and_review(known_logits) -> None:
@@ -208,7 +252,7 @@ def test_evaluate_arrays_applies_config_temperature_and_review(known_logits) -> 
     )
     logits = np.stack([known_logits(DARK), known_logits(GREY)]).astype(np.float32)
     r = evaluate_arrays(logits, np.array([1, 1]), cfg)
-    assert r["accuracy"] == 1.0 and r["review_flagged"] == 1
+    assert r["accuracy"] == 1.0 and r["review_flagged"] == 1 and r["review_rate"] == 0.5
     p = [_softmax(known_logits(v) / 2.0) for v in (DARK, GREY)]
     assert r["nll"] == pytest.approx(-np.mean([np.log(q[1]) for q in p]), rel=1e-5)
 
