@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,6 @@ import httpx
 import numpy as np
 import uvicorn
 
-from loadtest.server import free_port
 from service.app import create_app
 from service.core.modelconfig import ModelConfig
 from service.core.preprocess import normalize
@@ -61,12 +61,30 @@ def json_crops(n: int, side: int = 32, prefix: str = "c") -> dict[str, Any]:
 
 
 @dataclass
+class Hold:
+    """How a batch holding a SLOW_VALUE crop is held: `entered` is set when such a batch reaches the model; it
+    then waits until `release` is set (at most `max_s`, so a test that fails cannot hang the server)."""
+
+    max_s: float = 60.0
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def arm(self) -> None:
+        """Hold the next slow batch (again)."""
+        self.entered.clear()
+        self.release.clear()
+
+    def wait_entered(self, timeout_s: float = 30.0) -> None:
+        assert self.entered.wait(timeout_s), f"no slow batch reached the model within {timeout_s:g}s"
+
+
+@dataclass
 class FaultySession:
-    """The real session, except: a batch holding a crop of FAIL_VALUE raises; one with SLOW_VALUE sleeps first."""
+    """The real session, except: a batch holding a crop of FAIL_VALUE raises; one with SLOW_VALUE is held first."""
 
     inner: Session
     marks: dict[str, float]
-    slow_s: float
+    hold: Hold
     calls: list[int] = field(default_factory=list)
 
     def _has(self, x: np.ndarray, value: float) -> bool:
@@ -79,7 +97,8 @@ class FaultySession:
         if self._has(x, self.marks["fail"]):
             raise RuntimeError("injected fault: this batch holds a crop marked to fail")
         if self._has(x, self.marks["slow"]):
-            time.sleep(self.slow_s)
+            self.hold.entered.set()
+            self.hold.release.wait(self.hold.max_s)
         return self.inner.run(output_names, input_feed)
 
     def get_providers(self) -> list[str]:
@@ -91,17 +110,24 @@ class FaultySession:
 
 @dataclass
 class FaultInjector:
-    """A session factory (pass it to `create_app`) that wraps each real session in a FaultySession."""
+    """A session factory (pass it to `create_app`) that wraps each real session in a FaultySession.
 
-    slow_s: float = 1.0
+    Slow batches are held until `hold.release` is set; `release=True` lets them through at once."""
+
+    release: bool = False
+    hold: Hold = field(default_factory=Hold)
     sessions: list[FaultySession] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.release:
+            self.hold.release.set()
 
     def __call__(self, path: Path, config: ModelConfig, settings: Settings) -> Session:
         def mark(v: int) -> float:
             return float(normalize(np.full((1, 1, 1), v, np.uint8), config.preprocess, config.input.dtype).flat[0])
 
         session = FaultySession(
-            create_session(path, config, settings), {"fail": mark(FAIL_VALUE), "slow": mark(SLOW_VALUE)}, self.slow_s
+            create_session(path, config, settings), {"fail": mark(FAIL_VALUE), "slow": mark(SLOW_VALUE)}, self.hold
         )
         self.sessions.append(session)
         return session
@@ -114,6 +140,7 @@ class LiveServer:
     server: uvicorn.Server
     thread: threading.Thread
     port: int
+    sock: socket.socket
 
     @property
     def url(self) -> str:
@@ -132,30 +159,34 @@ class LiveServer:
 def live_server(
     settings: Settings | None = None, session_factory: Any = None, ready_s: float = 120.0
 ) -> Iterator[LiveServer]:
-    port = free_port()
+    # bound here and handed to uvicorn: no window in which another process can take the port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((HOST, 0))
+    port = int(sock.getsockname()[1])
     settings = settings or Settings()
     app = create_app(settings, session_factory) if session_factory else create_app(settings)
-    config = uvicorn.Config(app, host=HOST, port=port, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    live = LiveServer(server, thread, port)
+    live = LiveServer(server, thread, port, sock)
     deadline = time.monotonic() + ready_s
-    with httpx.Client(base_url=live.url, timeout=5.0) as c:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn thread died during start-up")
-            with contextlib.suppress(httpx.TransportError):
-                if c.get("/readyz", headers=_auth_header(settings)).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("server not ready")
-            time.sleep(0.1)  # another thread's start-up: nothing to wait on but the socket
     try:
+        with httpx.Client(base_url=live.url, timeout=5.0) as c:
+            while True:
+                if not thread.is_alive():
+                    raise RuntimeError("uvicorn thread died during start-up")
+                with contextlib.suppress(httpx.TransportError):
+                    if c.get("/readyz", headers=_auth_header(settings)).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("server not ready")
+                time.sleep(0.05)  # polls readiness (observable state), not a wait for an amount of time
         yield live
     finally:
         server.should_exit = True
         thread.join(60)
+        sock.close()
 
 
 def _auth_header(settings: Settings) -> dict[str, str]:

@@ -1,16 +1,17 @@
 """Faults against a real uvicorn on 127.0.0.1: an inference error in one batch, a client that disconnects, a
 request that times out while queued. The model is the real ONNX Runtime session wrapped by `FaultInjector`
-(through `create_app(session_factory=...)`): it raises on a batch holding a crop of FAIL_VALUE pixels and sleeps
-on one holding SLOW_VALUE pixels, so a test can hold the only batch slot while it arranges the queue.
+(through `create_app(session_factory=...)`): it raises on a batch holding a crop of FAIL_VALUE pixels and holds
+one holding SLOW_VALUE pixels until the test releases it, so a test can keep the only batch slot while it arranges
+the queue. Every ordering is an event or a bounded wait on observable state (queued rows, running rows, /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
@@ -40,18 +41,14 @@ def post_raw(c: httpx.Client, body: bytes) -> httpx.Response:
     return c.post("/classify", content=body, headers=headers, params={"tta": "false"})
 
 
-def wait_until(predicate: object, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)  # observing another thread's progress: no event to wait on from here
-    return False
+def metric(c: httpx.Client, name: str) -> float:
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", c.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 @pytest.fixture(scope="module")
 def faulty() -> Iterator[tuple[LiveServer, FaultInjector]]:
-    injector = FaultInjector(slow_s=1.0)
+    injector = FaultInjector()
     settings = Settings(
         max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=10, log_level="critical", **NO_ADMISSION_LIMIT
     )
@@ -59,16 +56,18 @@ def faulty() -> Iterator[tuple[LiveServer, FaultInjector]]:
         yield live, injector
 
 
-def test_fail_only_the_batch_holding_the_fault(faulty: tuple[LiveServer, FaultInjector]) -> None:
-    live, _ = faulty
+def test_fail_only_the_batch_holding_the_fault(faulty: tuple[LiveServer, FaultInjector], until: Callable) -> None:
+    live, injector = faulty
     batcher = live.state.registry.get().batcher
-    failures_before = live.state.metrics.batch_failures.labels("omr-bubble")._value.get()
+    injector.hold.arm()
     with ThreadPoolExecutor(4) as pool, live.client() as c:
-        slow = pool.submit(post_raw, c, raw(1, SLOW_VALUE))  # batch 1: holds the only slot for 1 s
-        assert wait_until(lambda: batcher._in_flight == 1)
+        failures_before = metric(c, "omr_batch_failures_total")
+        slow = pool.submit(post_raw, c, raw(1, SLOW_VALUE))  # batch 1: holds the only slot until released
+        injector.hold.wait_entered()
         poison = pool.submit(post_raw, c, raw(2, FAIL_VALUE))  # batch 2: queued behind it ...
         neighbour = pool.submit(post_raw, c, raw(3, None))  # ... together with this one
-        assert wait_until(lambda: batcher.queued_rows == 5)
+        until(lambda: batcher.queued_rows == 5, what="5 rows queued behind the held batch")
+        injector.hold.release.set()
         assert slow.result().status_code == 200
         bad = assert_json_error(poison.result(), 500)
         assert bad["code"] == "inference_failed" and "RuntimeError" in bad["error"], bad
@@ -77,42 +76,42 @@ def test_fail_only_the_batch_holding_the_fault(faulty: tuple[LiveServer, FaultIn
         after = post_raw(c, raw(4, None))  # the next batch runs normally
         assert after.status_code == 200 and len(after.json()["results"]) == 4
         assert c.post("/classify", json=json_crops(3)).status_code == 200
-        assert c.get("/readyz").status_code == 200
-    assert live.state.metrics.batch_failures.labels("omr-bubble")._value.get() == failures_before + 1
-    assert not batcher._loop_task.done()  # type: ignore[union-attr]
+        assert c.get("/readyz").status_code == 200  # the batcher loop survived: the next batches ran
+        assert metric(c, "omr_batch_failures_total") == failures_before + 1
 
 
-def _send_and_hang_up(port: int, body: bytes, n: int) -> None:
-    """Send a whole raw request, then close the socket without reading the answer."""
+def test_disconnect_mid_request_keeps_loop_and_frees_rows(
+    faulty: tuple[LiveServer, FaultInjector], until: Callable
+) -> None:
+    live, injector = faulty
+    batcher = live.state.registry.get().batcher
+    injector.hold.arm()
+    n, body = 50, raw(50, None, seed=1)
     head = (
         f"POST /classify?tta=false HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
         f"X-Crop-Shape: {n},{SIDE},{SIDE}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(head + body)
-        time.sleep(0.1)  # let the server read it and queue the rows
-    # closed here: the server's response has nowhere to go
-
-
-def test_disconnect_mid_request_keeps_loop_and_frees_rows(faulty: tuple[LiveServer, FaultInjector]) -> None:
-    live, _ = faulty
-    batcher = live.state.registry.get().batcher
     with ThreadPoolExecutor(2) as pool, live.client() as c:
         slow = pool.submit(post_raw, c, raw(1, SLOW_VALUE))
-        assert wait_until(lambda: batcher._in_flight == 1)
-        _send_and_hang_up(live.port, raw(50, None, seed=1), 50)
-        assert wait_until(lambda: batcher.queued_rows == 50, 5.0), batcher.queued_rows
+        injector.hold.wait_entered()
+        (session,) = injector.sessions
+        calls_before = len(session.calls)
+        with socket.create_connection(("127.0.0.1", live.port)) as s:
+            s.sendall(head + body)
+            until(lambda: batcher.queued_rows == 50, what="the 50 rows queued behind the held batch")
+        # closed here, before its rows ran: the server's answer has nowhere to go
+        until(lambda: batcher.queued_rows == 0, what="the disconnected request's rows dropped")
+        injector.hold.release.set()
         assert slow.result().status_code == 200
-        assert wait_until(lambda: batcher.queued_rows == 0 and batcher._in_flight == 0)
+        until(lambda: batcher.queued_rows == 0 and batcher.running_rows == 0, what="an idle batcher")
         r = post_raw(c, raw(8, None))
-        assert r.status_code == 200 and len(r.json()["results"]) == 8
-        depth = c.get("/metrics").text
-    assert 'omr_queue_depth_rows{model="omr-bubble"} 0.0' in depth
-    assert not batcher._loop_task.done()  # type: ignore[union-attr]
+        assert r.status_code == 200 and len(r.json()["results"]) == 8  # the loop survived
+        assert metric(c, "omr_queue_depth_rows") == 0
+    assert 64 not in session.calls[calls_before:], "the disconnected request's rows (bucket 64) were computed"
 
 
-def test_timeout_while_queued_drops_rows_unrun() -> None:
-    injector = FaultInjector(slow_s=1.5)
+def test_timeout_while_queued_drops_rows_unrun(until: Callable) -> None:
+    injector = FaultInjector()
     settings = Settings(
         max_batches_in_flight=1, max_delay_ms=5, request_timeout_s=0.5, log_level="critical", **NO_ADMISSION_LIMIT
     )
@@ -120,14 +119,15 @@ def test_timeout_while_queued_drops_rows_unrun() -> None:
         batcher = live.state.registry.get().batcher
         (session,) = injector.sessions
         slow: Future[httpx.Response] = pool.submit(post_raw, c, raw(1, SLOW_VALUE))
-        assert wait_until(lambda: batcher._in_flight == 1)
+        injector.hold.wait_entered()
         calls_before = len(session.calls)
-        late = post_raw(c, raw(100, None))  # 100 rows, bucket 128; waits behind the slow batch
+        late = post_raw(c, raw(100, None))  # 100 rows, bucket 128; waits behind the held batch until its deadline
         body = assert_json_error(late, 504)
         assert body["code"] == "deadline_exceeded"
         assert batcher.queued_rows == 0  # dropped from the queue at the deadline
+        injector.hold.release.set()
         slow.result()
-        assert wait_until(lambda: batcher._in_flight == 0)
+        until(lambda: batcher.running_rows == 0, what="the held batch finished")
         r = post_raw(c, raw(1, None))
         assert r.status_code == 200
         assert 128 not in session.calls[calls_before:], "the timed-out request's rows were computed anyway"
@@ -136,7 +136,7 @@ def test_timeout_while_queued_drops_rows_unrun() -> None:
 def test_fault_under_concurrency_leaves_others_whole() -> None:
     """120 concurrent requests in batches of at most 16 rows; every 40th carries a poisoned crop. Every answer
     is 200 or inference_failed 500, every 200 has all its results, and the service is ready and serving afterwards."""
-    injector = FaultInjector(slow_s=0.0)
+    injector = FaultInjector(release=True)
     settings = Settings(
         max_batch_size=16, max_batches_in_flight=2, max_delay_ms=2, log_level="critical", **NO_ADMISSION_LIMIT
     )

@@ -131,7 +131,7 @@ def test_refuse_unsafe_token_settings(tmp_path: Path) -> None:
 
 
 def test_no_stack_trace_in_server_errors() -> None:
-    injector = FaultInjector(slow_s=0.0)
+    injector = FaultInjector(release=True)
     with live_server(Settings(log_level="critical"), injector) as live, live.client() as c:
         body = bytes([FAIL_VALUE]) * (32 * 32)
         r = c.post("/classify", content=body, headers={"Content-Type": "application/octet-stream",
