@@ -48,6 +48,14 @@ class Metrics:
         self.requests = Counter(
             "omr_requests_total", "Requests by endpoint and status.", ["endpoint", "status"], registry=r
         )
+        # gRPC (service/grpc): own names, as the status is a gRPC code name (OK, INVALID_ARGUMENT...), not HTTP's
+        self.grpc_requests = Counter(
+            "omr_grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"], registry=r
+        )
+        self.grpc_request_seconds = Histogram(
+            "omr_grpc_request_duration_seconds", "End-to-end gRPC call time.", ["method", "code"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.crops = Counter("omr_crops_total", "Classified crops by label.", ["model", "label"], registry=r)
         self.rejections = Counter("omr_rejections_total", "Requests refused, by reason.", ["reason"], registry=r)
         self.batch_failures = Counter("omr_batch_failures_total", "Model calls that failed.", ["model"], registry=r)

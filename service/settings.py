@@ -24,6 +24,26 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
 
+    # --- gRPC: the Open Inference Protocol's GRPCInferenceService beside REST (service/grpc) ---
+    grpc_port: int | None = Field(
+        8001, ge=0, le=65535, description="gRPC port on `host` (8001 as Triton); 0 or unset = no gRPC server."
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        1024, ge=1, le=65536, description="gRPC calls in a worker at once; beyond: RESOURCE_EXHAUSTED at once."
+    )
+    grpc_max_concurrent_streams: int = Field(100, ge=1, le=10_000, description="Calls at once per gRPC connection.")
+    grpc_keepalive_s: float = Field(60.0, ge=1, le=7200, description="Ping an idle gRPC peer after this long.")
+    grpc_max_connection_idle_s: float = Field(
+        300.0, ge=1, le=86_400, description="Close a gRPC connection with no calls for this long."
+    )
+    grpc_max_connection_age_s: float | None = Field(
+        None,
+        ge=1,
+        le=86_400,
+        description="Ask gRPC clients to reconnect after this long (spreads long-lived connections over new "
+        "pods/workers); None = never.",
+    )
+
     # --- model repository ---
     model_repository: Path = Field(BUNDLED_REPOSITORY, description="Triton-style <name>/<version>/ folder.")
     default_model: str = Field("omr-bubble", description="Model served when a request names none.")

@@ -1,0 +1,100 @@
+"""The grpc.aio server beside REST: started in the app's lifespan, on the same event loop, over the same state.
+
+Every worker process runs one (H4's topology: each worker's lifespan starts its own) on the shared gRPC port:
+grpc sets SO_REUSEPORT on Linux by default, so the kernel spreads connections over the workers. HTTP/2
+connections are long-lived and pin a client to one worker (and one pod): `grpc_max_connection_age_s` makes
+clients reconnect now and then so new workers/pods get their share.
+
+Front-door bounds (the gRPC side of the HTTP limits):
+- a message over `max_body_bytes` is refused by grpc before it is read whole (RESOURCE_EXHAUSTED);
+- at most `grpc_max_concurrent_rpcs` calls are in the process at once; more get RESOURCE_EXHAUSTED at once
+  (grpc's own limit: nothing queues without bound), and `grpc_max_concurrent_streams` per connection;
+- keepalive pings find dead peers; idle connections close after `grpc_max_connection_idle_s`; clients may
+  not ping more often than every 10 s without calls in flight (grpc's ping-flood guard).
+
+Shutdown: `stop(grace)` refuses new calls (UNAVAILABLE), lets those in flight finish within `grace`, then
+cancels the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc.servicer import InferenceServicer
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments (grpc core's `GRPC_ARG_*` names) from the settings."""
+    opts = [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_s * 1000)),
+    ]
+    if settings.grpc_max_connection_age_s:
+        opts += [
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
+            # calls in flight when the age is reached get this long to finish
+            ("grpc.max_connection_age_grace_ms", int(settings.drain_timeout_s * 1000)),
+        ]
+    return opts
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    loop: asyncio.AbstractEventLoop
+    _stopping: asyncio.Task[None] | None = field(default=None, repr=False)
+    _later: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+
+    def stop_later(self, delay_s: float, grace_s: float) -> None:
+        """On SIGTERM (callable from any thread): serve `delay_s` more, as REST does while load balancers
+        notice readiness turned false, then `stop(grace_s)` - when uvicorn closes the HTTP listener."""
+
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            await self.stop(grace_s)
+
+        self.loop.call_soon_threadsafe(lambda: self._later.append(asyncio.ensure_future(later())))
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, finish those in flight within `grace_s`. Safe to call more than once."""
+        if self._stopping is None:
+            log.info("gRPC: refusing new calls, finishing those in flight (up to %.1fs)", grace_s)
+            self._stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        await asyncio.shield(self._stopping)
+        for task in self._later:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+
+async def start(state: AppState) -> GrpcServer:
+    """Bind `host:grpc_port` and start serving; fails start-up loudly if the port cannot be bound."""
+    settings = state.settings
+    assert settings.grpc_port, "gRPC is off (grpc_port unset)"
+    server = grpc.aio.server(options=options(settings), maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    where = address(settings.host, settings.grpc_port)
+    try:
+        port = server.add_insecure_port(where)
+    except RuntimeError as exc:  # grpc raises on a port it cannot bind
+        raise RuntimeError(f"gRPC cannot listen on {where}: {exc}") from exc
+    await server.start()
+    log.info("gRPC (Open Inference Protocol) listening on %s", where)
+    return GrpcServer(server, port, asyncio.get_running_loop())

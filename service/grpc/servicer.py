@@ -1,0 +1,167 @@
+"""The six `inference.GRPCInferenceService` RPCs, thin over the REST app's `AppState` (same classifier, batcher).
+
+Each RPC: auth (metadata `authorization: Bearer <token>`; health and metadata RPCs only with `auth_health`, as
+REST), then the work, then `service.errors` -> a status (`status.py`), and one count + latency per call in
+`omr_grpc_requests_total` / `omr_grpc_request_duration_seconds` {method, code}. Inference waits for warm-up
+(UNAVAILABLE before it); a draining server still serves what it accepts, as REST does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from service import __version__
+from service.errors import ServiceError, Unauthorized, Unavailable
+from service.grpc import grpc_predict_v2_pb2 as pb
+from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc import status, tensors
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: typed UINT8 contents with more elements than this are converted in the preprocessing pool, not on the event loop
+INLINE_PARSE_MAX_ELEMENTS = 1 << 16
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def _authorize(self, context: grpc.aio.ServicerContext, health: bool) -> None:
+        token = self.state.token
+        if token is None or (health and not self.state.settings.auth_health):
+            return
+        header = next((str(v) for k, v in context.invocation_metadata() or () if k == "authorization"), "")
+        scheme, _, presented = header.partition(" ")
+        # constant-time: the comparison takes as long for a near miss as for garbage
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            raise Unauthorized()
+
+    async def _call(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]], health: bool
+    ) -> T:
+        t0 = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            self._authorize(context, health)
+            return await work()
+        except ServiceError as exc:
+            code = status.code_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.warning("%s: %s", exc.code, exc.message)
+            await context.abort(code, exc.message, status.trailers(exc))
+            raise AssertionError("unreachable: abort raises") from None
+        except asyncio.CancelledError:
+            # the client cancelled or its deadline passed: grpc cancels this task, and with it the batcher
+            # future, so the request's still-queued rows are dropped instead of computed
+            remaining = context.time_remaining()
+            late = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
+            self.state.metrics.rejections.labels("timeout" if late else "client_disconnected").inc()
+            raise
+        except Exception as exc:
+            log.error("unhandled %s in %s", type(exc).__name__, method, exc_info=exc)
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "internal server error")  # no stack trace ever leaves the process
+            raise AssertionError("unreachable: abort raises") from None
+        finally:
+            m = self.state.metrics
+            m.grpc_requests.labels(method, code.name).inc()
+            m.grpc_request_seconds.labels(method, code.name).observe(time.monotonic() - t0)
+
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        async def work() -> pb.ServerLiveResponse:
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._call("ServerLive", context, work, health=True)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        async def work() -> pb.ServerReadyResponse:
+            return pb.ServerReadyResponse(ready=self.state.ready)
+
+        return await self._call("ServerReady", context, work, health=True)
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        async def work() -> pb.ModelReadyResponse:
+            self.state.registry.get(request.name, request.version or None)  # NOT_FOUND for an unknown model
+            return pb.ModelReadyResponse(ready=self.state.ready)
+
+        return await self._call("ModelReady", context, work, health=True)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        async def work() -> pb.ServerMetadataResponse:
+            return pb.ServerMetadataResponse(name="omr-bubble-service", version=__version__, extensions=[])
+
+        return await self._call("ServerMetadata", context, work, health=True)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        async def work() -> pb.ModelMetadataResponse:
+            registry = self.state.registry
+            served = registry.get(request.name, request.version or None)
+            classes = list(served.config.classes)
+            meta = pb.ModelMetadataResponse(
+                name=served.name,
+                versions=[served.version] if request.version else list(registry.models[served.name]),
+                platform=served.config.platform,
+            )
+            meta.inputs.add(name="IMAGE", datatype="BYTES", shape=[-1])
+            meta.inputs.add(name="PIXELS", datatype="UINT8", shape=[-1, -1, -1])
+            meta.outputs.add(name="probabilities", datatype="FP32", shape=[-1, len(classes)])
+            meta.outputs.add(name="label", datatype="BYTES", shape=[-1])
+            meta.outputs.add(name="marked", datatype="BOOL", shape=[-1])
+            meta.parameters["classes"].string_param = ",".join(classes)
+            meta.parameters["profiles"].string_param = ",".join(sorted(served.config.profiles))
+            meta.parameters["provider"].string_param = served.provider
+            return meta
+
+        return await self._call("ModelMetadata", context, work, health=True)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        async def work() -> pb.ModelInferResponse:
+            state = self.state
+            deadline = time.monotonic() + state.settings.request_timeout_s
+            remaining = context.time_remaining()  # the client's gRPC deadline, when it set one
+            if remaining is not None:
+                deadline = min(deadline, time.monotonic() + remaining)
+            if not state.warmed.is_set():
+                raise Unavailable("the model is still warming up", retry_after_s=1)
+            served = state.registry.get(request.model_name, request.model_version or None)
+            names = tensors.check_outputs(request)
+            parse = functools.partial(tensors.parse_request, request, check_count=state.classifier.check_count)
+            typed = sum(len(i.contents.uint_contents) for i in request.inputs)  # len() of a repeated field: O(1)
+            if typed > INLINE_PARSE_MAX_ELEMENTS:  # converting millions of varints would stall the event loop
+                inputs = await asyncio.get_running_loop().run_in_executor(state.preprocess_pool, parse)
+            else:
+                inputs = parse()
+            common = {"deadline": deadline, "model": served.name, "version": served.version,
+                      "profile": inputs.profile, "tta_requested": inputs.tta}  # fmt: skip
+            if inputs.kind == "pixels":
+                assert not isinstance(inputs.data, list)
+                result = await state.classifier.classify_raw(inputs.data, None, **common)
+            else:
+                assert isinstance(inputs.data, list)
+                result = await state.classifier.classify_encoded(inputs.data, None, base64_encoded=False, **common)
+            return tensors.response(request, names, result)
+
+        return await self._call("ModelInfer", context, work, health=False)
