@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from service.core import tta
+from service.core.context import combine_views, crop_stats, decide_request
 from service.core.modelconfig import InputSpec
-from service.core.postprocess import Decision, decide
+from service.core.postprocess import Decision
 from service.core.preprocess import CropError, decode_image, prepare_raw, resize
 from service.core.registry import Registry, ServedModel
 from service.errors import DeadlineExceeded, InvalidCrops, PayloadTooLarge, UnknownProfile
@@ -38,10 +39,21 @@ class Classification:
     probabilities: np.ndarray  # float32 [N, C], request order
     tta: bool
     profile: str
+    #: the request's `sheet` name, echoed (None when not given)
+    sheet: str | None = None
 
 
 def _crop_error(index: int, crop_id: str, reason: str, message: str) -> dict[str, Any]:
     return {"index": index, "id": crop_id, "reason": reason, "message": message}
+
+
+@dataclass(frozen=True)
+class _SheetArgs:
+    """What the sheet context needs from the transport: the sheet's name, on/off, native crop sizes."""
+
+    sheet: str | None
+    enabled: bool
+    sizes: np.ndarray | None  # int [N, 2] (height, width), or None: one group
 
 
 #: requests with at most this many encoded crops are decoded on the event loop, not in the executor
@@ -72,9 +84,17 @@ class WorkClock:
 
 
 def _decode_chunk(
-    images: Sequence[str | bytes], ids: Sequence[str], start: int, b64: bool, inp: InputSpec
+    images: Sequence[str | bytes],
+    ids: Sequence[str],
+    start: int,
+    b64: bool,
+    inp: InputSpec,
+    sizes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Executor thread: decode crops [start, start+len) to model-size uint8 rows; collect every bad crop.
+
+    `sizes` (optional, int [len, 2], written in place): each crop's native (height, width), which the sheet
+    context groups by.
 
     Each crop is resized as soon as it is decoded, so memory stays N x H x W at model size however large the
     crops are (4,096 highly compressible 512 x 512 PNGs would otherwise be 1 GiB of pixels).
@@ -92,7 +112,10 @@ def _decode_chunk(
             else:
                 data = item if isinstance(item, bytes) else item.encode()
             if not errors:  # after the first bad crop, only validate: no more pixels needed
-                out[offset] = resize(decode_image(data), inp.height, inp.width)
+                gray = decode_image(data)
+                if sizes is not None:
+                    sizes[offset] = gray.shape
+                out[offset] = resize(gray, inp.height, inp.width)
             else:
                 decode_image(data)
         except CropError as exc:
@@ -141,24 +164,38 @@ class Classifier:
         version: str | None = None,
         profile: str | None = None,
         tta_requested: bool | None = None,
+        sheet: str | None = None,
+        sheet_context: bool | None = None,
     ) -> Classification:
-        """Encoded images (base64 text or raw bytes) -> one decision per crop, in request order."""
+        """Encoded images (base64 text or raw bytes) -> one decision per crop, in request order.
+
+        The request is one sheet (`sheet` names it; `sheet_context=False` turns the context off).
+        """
         self.check_count(len(images))
         served, profile = self._resolve(model, version, profile)
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         inp = served.config.input
+        sizes = np.zeros((len(images), 2), np.int64)  # native (height, width), filled by the decode
 
         async def decode(clock: WorkClock) -> np.ndarray:
             if len(images) <= INLINE_DECODE_MAX:
                 # a few crops decode in ~50 us each: cheaper on the loop than queueing behind other
                 # requests' chunks in the preprocessing executor (measured: docs/performance.md, note 2)
-                results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp)]
+                results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp, sizes)]
             else:
                 loop = asyncio.get_running_loop()
                 chunk = max(64, math.ceil(len(images) / self.settings.preprocess_threads))
                 jobs = [
                     loop.run_in_executor(
-                        self._executor, clock.run, _decode_chunk, images[s : s + chunk], id_list, s, base64_encoded, inp
+                        self._executor,
+                        clock.run,
+                        _decode_chunk,
+                        images[s : s + chunk],
+                        id_list,
+                        s,
+                        base64_encoded,
+                        inp,
+                        sizes[s : s + chunk],  # a view: the worker writes into `sizes`
                     )
                     for s in range(0, len(images), chunk)
                 ]
@@ -169,7 +206,8 @@ class Classifier:
                 raise InvalidCrops(errors)
             return results[0][0] if len(results) == 1 else np.concatenate([r for r, _ in results])
 
-        return await self._classify(served, profile, id_list, tta_requested, deadline, decode)
+        context = _SheetArgs(sheet, sheet_context is not False, sizes)
+        return await self._classify(served, profile, id_list, tta_requested, deadline, decode, context)
 
     async def classify_raw(
         self,
@@ -181,8 +219,10 @@ class Classifier:
         version: str | None = None,
         profile: str | None = None,
         tta_requested: bool | None = None,
+        sheet: str | None = None,
+        sheet_context: bool | None = None,
     ) -> Classification:
-        """A uint8 [N, H, W] grayscale batch -> one decision per crop."""
+        """A uint8 [N, H, W] grayscale batch -> one decision per crop (one sheet, crops of one size)."""
         self.check_count(int(tensor.shape[0]) if tensor.ndim else 0)
         served, profile = self._resolve(model, version, profile)
         id_list = list(ids) if ids is not None else [str(i) for i in range(len(tensor))]
@@ -195,7 +235,8 @@ class Classifier:
             except CropError as exc:
                 raise InvalidCrops([_crop_error(0, id_list[0], exc.reason, exc.message)]) from exc
 
-        return await self._classify(served, profile, id_list, tta_requested, deadline, resize)
+        context = _SheetArgs(sheet, sheet_context is not False, None)
+        return await self._classify(served, profile, id_list, tta_requested, deadline, resize, context)
 
     async def _classify(
         self,
@@ -205,6 +246,7 @@ class Classifier:
         tta_requested: bool | None,
         deadline: float,
         make_rows: Callable[[WorkClock], Awaitable[np.ndarray]],
+        context: _SheetArgs | None = None,
     ) -> Classification:
         """Admit (or 429) before any work, make model-size rows, queue them, decide."""
         use_tta = self._tta_on(served, tta_requested)
@@ -218,6 +260,7 @@ class Classifier:
             t0 = time.monotonic()
             clock = WorkClock()
             rows = await make_rows(clock)
+            stats = crop_stats(rows)  # identity-view rows; ~1 us per crop, vectorised
             if use_tta:
                 rows = await asyncio.get_running_loop().run_in_executor(
                     self._executor, clock.run, tta.expand, rows, views
@@ -240,10 +283,11 @@ class Classifier:
                 ) from None
         finally:
             reservation.release()
-        agree = None
-        if use_tta:
-            probs, agree = tta.reduce(probs, len(views))
-        decisions = decide(probs, served.config, profile, agree)
+        context = context or _SheetArgs(None, True, None)
+        probs, agree = combine_views(probs.reshape(len(ids), len(views), -1), served.config, tuple(views))
+        decisions = decide_request(
+            probs, stats, served.config, profile, agree if use_tta else None, context.sizes, context.enabled
+        )
         for label, count in collections.Counter(d.label for d in decisions).items():
             self.metrics.crops.labels(served.name, label).inc(count)
-        return Classification(served, ids, decisions, probs, use_tta, profile)
+        return Classification(served, ids, decisions, probs, use_tta, profile, context.sheet)

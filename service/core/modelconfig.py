@@ -60,6 +60,45 @@ class TTASpec(_Strict):
     default: bool = False
     #: names from `service.core.tta.VIEWS`
     views: tuple[str, ...] = ("identity", "shift_left", "shift_right", "shift_up", "shift_down")
+    #: how TTA is used when it runs: "average" decides from the mean over the views' probabilities;
+    #: "review" decides from the identity view alone, and the views' disagreement only feeds the review flag
+    mode: Literal["average", "review"] = "average"
+
+    @model_validator(mode="after")
+    def _identity_for_review(self) -> TTASpec:
+        if self.mode == "review" and "identity" not in self.views:
+            raise ValueError('tta.mode "review" decides from the identity view: views must include "identity"')
+        return self
+
+
+class SheetSpec(_Strict):
+    """Per-sheet adaptation of the binary decision (`service.core.sheet`): a request is one sheet.
+
+    Within a request, crops of similar native size form a group; the group's *confident* crops
+    (marked_probability <= confident_unmarked or >= confident_marked) give two reference levels of the
+    inner-disc darkness. When at least `min_reference` crops stand on each side and the levels are at
+    least `min_gap` apart, a *doubtful* crop (between the two confidence bounds) whose darkness is at or
+    above `threshold` of the way from the unmarked level to the marked level is decided marked (and, with
+    `move_to_unmarked`, a doubtful marked crop below it unmarked). Otherwise the model decides alone.
+    """
+
+    enabled: bool = True
+    confident_unmarked: float = Field(0.05, ge=0, le=0.5)
+    confident_marked: float = Field(0.95, ge=0.5, le=1)
+    #: confident crops needed on EACH side in a group before its context is used
+    min_reference: int = Field(3, ge=1)
+    #: least distance between the unmarked and marked reference darkness levels (darkness runs 0 to 1)
+    min_gap: float = Field(0.10, ge=0, le=1)
+    #: unmarked level = this quantile of the confident unmarked crops' darkness, marked level = 1 - it of
+    #: the confident marked ones (near max / min: conservative)
+    reference_quantile: float = Field(0.95, ge=0.5, le=1)
+    #: where between the two levels the threshold sits (0 = unmarked level, 1 = marked level)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    #: also un-mark doubtful marked crops that look like the sheet's empties (off by default: every binary
+    #: error on unseen sheets so far was a missed mark, and thin ticks are light by this statistic)
+    move_to_unmarked: bool = False
+    #: crops whose native sides (or aspect ratios) differ by more than this factor are separate groups
+    size_ratio: float = Field(1.25, ge=1)
 
 
 class VariantSpec(_Strict):
@@ -106,6 +145,7 @@ class ModelConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     review: ReviewSpec = ReviewSpec()
     tta: TTASpec = TTASpec()
+    sheet: SheetSpec = SheetSpec()
     variants: dict[str, VariantSpec]
     default_variant: str = "fp32"
     #: variants built but not offered, with the reason (e.g. INT8 lost real-dev binary accuracy)

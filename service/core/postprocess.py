@@ -28,30 +28,53 @@ class Decision:
     marked_probability: float
     probabilities: dict[str, float]
     review_reasons: list[str] = field(default_factory=list)
+    #: "model": marked_probability >= 0.5 decided; "sheet": the sheet context moved it (`service.core.sheet`)
+    decided_by: str = "model"
 
     @property
     def review(self) -> bool:
         return bool(self.review_reasons)
 
 
-def decide(probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.ndarray | None = None) -> list[Decision]:
+def decide(
+    probs: np.ndarray,
+    config: ModelConfig,
+    profile: str,
+    tta_agree: np.ndarray | None = None,
+    sheet_moved: np.ndarray | None = None,
+) -> list[Decision]:
     """Calibrated probabilities [N, C] -> one Decision per row under a binary `profile`.
 
-    marked_probability sums the profile's marked classes; `marked` is marked_probability >= 0.5 (so the
-    binary decision can differ from "is the top class a marked class" when mass is split, by design).
+    marked_probability sums the profile's marked classes; the model decides `marked` =
+    marked_probability >= 0.5, and `sheet_moved` [N] bool (from `service.core.sheet.sheet_moves`) flips
+    the rows the sheet context decided otherwise (`decided_by: "sheet"`, review reason `sheet_context`).
+
+    One decision, one story: `label` is the most probable class on the decided side (a marked class when
+    `marked`, else an unmarked one) and `confidence` its probability. When the model's overall top class
+    lies on the other side (mass split, or a sheet move), the response says so with the review reason
+    `label_marked_conflict`; such a row never has confidence >= 0.5, so it is already in review for
+    `low_confidence` unless the thresholds are set below 0.5.
     """
     mask = np.asarray(config.marked_mask(profile), dtype=bool)
-    marked_p = probs[:, mask].sum(axis=1)
+    marked_p = np.minimum(probs[:, mask].sum(axis=1), 1.0)
+    moved = np.zeros(len(probs), bool) if sheet_moved is None else np.asarray(sheet_moved, bool)
+    marked = (marked_p >= 0.5) ^ moved
     top = probs.argmax(axis=1)
-    conf = probs[np.arange(len(probs)), top]
+    # best class on the decided side: -1 pushes the other side's classes below every probability
+    side = np.where(marked[:, None], mask[None, :], ~mask[None, :])
+    label = np.where(side, probs, -1.0).argmax(axis=1)
+    conf = probs[np.arange(len(probs)), label]
     rv = config.review
     out: list[Decision] = []
     classes = config.classes
     # python floats once, up front: per-element numpy scalar conversion dominated this loop for big requests
     rows = probs.tolist()
     conf_l = conf.tolist()
-    marked_l = np.minimum(marked_p, 1.0).tolist()
-    top_l = top.tolist()
+    marked_l = marked_p.tolist()
+    decided_l = marked.tolist()
+    moved_l = moved.tolist()
+    conflict_l = (label != top).tolist()
+    label_l = label.tolist()
     agree_l = tta_agree.tolist() if tta_agree is not None and rv.tta_disagreement else None
     for i, row in enumerate(rows):
         reasons: list[str] = []
@@ -61,15 +84,19 @@ def decide(probs: np.ndarray, config: ModelConfig, profile: str, tta_agree: np.n
             reasons.append("small_binary_margin")
         if agree_l is not None and not agree_l[i]:
             reasons.append("tta_disagreement")
-        mp = marked_l[i]
+        if moved_l[i]:
+            reasons.append("sheet_context")
+        if conflict_l[i]:
+            reasons.append("label_marked_conflict")
         out.append(
             Decision(
-                label=classes[top_l[i]],
+                label=classes[label_l[i]],
                 confidence=conf_l[i],
-                marked=mp >= 0.5,
-                marked_probability=mp,
+                marked=decided_l[i],
+                marked_probability=marked_l[i],
                 probabilities=dict(zip(classes, row, strict=True)),
                 review_reasons=reasons,
+                decided_by="sheet" if moved_l[i] else "model",
             )
         )
     return out

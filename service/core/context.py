@@ -1,0 +1,56 @@
+"""The one entry point from a request's probabilities to its decisions, for the service AND `models.evaluate`.
+
+    view_probs [N, V, C] --combine_views(mode)--> probs [N, C], agree [N]
+    rows uint8 [N, H, W] --crop_stats-----------> stats [N, k]
+    decide_request(probs, stats, config, profile, agree, sizes) -> [Decision] * N
+
+Measured == served only if both call exactly these functions with a request (a sheet) at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.core.modelconfig import ModelConfig
+from service.core.postprocess import Decision, decide
+from service.core.sheet import crop_stats, sheet_moves, size_groups
+
+__all__ = ["combine_views", "crop_stats", "decide_request"]
+
+
+def combine_views(view_probs: np.ndarray, config: ModelConfig, views: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated per-view probabilities [N, V, C] (V = len(views)) -> (probs [N, C], views agree [N] bool).
+
+    `config.tta.mode` "average": the mean over the views decides; "review": the identity view decides and
+    the views' label agreement only feeds the review flag. With one view both are that view.
+    """
+    labels = view_probs.argmax(axis=-1)  # [N, V]
+    agree = (labels == labels[:, :1]).all(axis=1)
+    if config.tta.mode == "review" and "identity" in views:
+        return view_probs[:, views.index("identity")], agree
+    return view_probs.mean(axis=1), agree
+
+
+def decide_request(
+    probs: np.ndarray,
+    stats: np.ndarray | None,
+    config: ModelConfig,
+    profile: str,
+    tta_agree: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+    sheet_context: bool = True,
+) -> list[Decision]:
+    """One request's (one sheet's) calibrated probabilities [N, C] -> one Decision per crop.
+
+    stats: `crop_stats` of the request's identity-view model-size rows [N, k], or None (no sheet context).
+    sizes: native crop (height, width) [N, 2] for grouping, or None (all crops one group).
+    sheet_context: False turns the sheet context off for this call (a request mixing sheets);
+    `config.sheet.enabled` False turns it off for the model.
+    """
+    moved = None
+    if sheet_context and stats is not None and config.sheet.enabled and len(probs) > 1:
+        mask = np.asarray(config.marked_mask(profile), dtype=bool)
+        marked_p = probs[:, mask].sum(axis=1)
+        groups = size_groups(sizes, len(probs), config.sheet.size_ratio)
+        moved = sheet_moves(marked_p, np.asarray(stats)[:, 0], groups, config.sheet)
+    return decide(probs, config, profile, tta_agree, moved)
