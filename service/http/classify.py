@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from service.core.classifier import Classification
 from service.core.preprocess import CropError, check_side
+from service.core.questions import QuestionResult, decide_questions, plan_questions
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response
@@ -49,6 +50,23 @@ def render(c: Classification) -> dict[str, Any]:
     }
 
 
+def render_questions(questions: list[QuestionResult]) -> list[dict[str, Any]]:
+    """The response's `questions` list (only added when crops name questions: old clients see no change)."""
+    return [
+        {
+            "id": q.id,
+            "status": q.status,
+            "marked": q.marked,
+            "candidates": q.candidates,
+            "confidence": q.confidence,
+            "decided_by": q.decided_by,
+            "review": q.review,
+            "review_reasons": q.review_reasons,
+        }
+        for q in questions
+    ]
+
+
 def _validation_message(exc: ValidationError) -> tuple[str, list[dict[str, Any]]]:
     """pydantic errors -> a message naming the crop index (and the list of bad crops)."""
     crops: list[dict[str, Any]] = []
@@ -56,7 +74,8 @@ def _validation_message(exc: ValidationError) -> tuple[str, list[dict[str, Any]]
     for err in exc.errors()[:20]:
         loc = err.get("loc", ())
         where = ".".join(str(p) for p in loc) or "body"
-        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        got = f" (got {err['input']!r:.60})" if loc and loc[-1] == "question" and "input" in err else ""
+        problems.append(f"{where}: {err.get('msg', 'invalid')}{got}")
         if len(loc) >= 2 and loc[0] == "crops" and isinstance(loc[1], int):
             crops.append({"index": loc[1], "id": None, "reason": "invalid_field", "message": problems[-1]})
     return "; ".join(problems), crops
@@ -148,6 +167,8 @@ async def classify(
         message, bad = _validation_message(exc)
         raise BadRequest(message, crops=bad) from None
     ids = [c.id if c.id is not None else str(i) for i, c in enumerate(req.crops)]
+    overrides = {qid: q.max_marks for qid, q in (req.questions or {}).items()}
+    plan = plan_questions([c.question for c in req.crops], req.max_marks, overrides)  # 422 before any decoding
     work = classifier.classify_encoded(
         [c.image for c in req.crops],
         ids,
@@ -159,4 +180,7 @@ async def classify(
         tta_requested=req.tta,
     )
     result = await until_disconnect(request, state, work)
-    return json_response(render(result))
+    body = render(result)
+    if plan:
+        body["questions"] = render_questions(decide_questions(plan, result.decisions, ids))
+    return json_response(body)

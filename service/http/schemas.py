@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -12,6 +14,16 @@ class _Strict(BaseModel):
 class Crop(_Strict):
     id: str | None = Field(None, max_length=256, description="Echoed back; default: the crop's index.")
     image: str = Field(description="Standard base64 (RFC 4648, no whitespace) of a PNG/JPEG/BMP/TIFF/WebP image.")
+    question: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The question this crop is an option of; crops naming one question are its options.",
+    )
+
+
+class QuestionSettings(_Strict):
+    max_marks: int = Field(ge=1, description="How many options this question admits (overrides the request's).")
 
 
 class ClassifyRequest(_Strict):
@@ -22,6 +34,12 @@ class ClassifyRequest(_Strict):
     profile: str | None = Field(None, description="Which classes count as marked (e.g. ink, fill, check-correct).")
     model: str | None = Field(None, description="Model name; default OMR_DEFAULT_MODEL.")
     version: str | None = Field(None, description="Model version; default the configured or highest one.")
+    max_marks: int | None = Field(
+        None, ge=1, description="Options a question admits (default 1); only with crops that name a question."
+    )
+    questions: dict[str, QuestionSettings] | None = Field(
+        None, description='Per-question settings by question id, e.g. {"q12": {"max_marks": 2}}.'
+    )
 
 
 class ModelRef(BaseModel):
@@ -41,11 +59,25 @@ class CropResult(BaseModel):
     review_reasons: list[str] = Field(description="low_confidence, small_binary_margin, tta_disagreement")
 
 
+class QuestionResult(BaseModel):
+    id: str
+    status: Literal["blank", "answered", "multiple", "ambiguous"]
+    marked: list[str] = Field(description="Crop ids counted as marked (ambiguous: the per-crop reading).")
+    candidates: list[str] = Field(description="Crop ids in doubt: weak marks and rivals of a mark.")
+    confidence: float = Field(description="P(exactly these options marked) from the options' probabilities.")
+    decided_by: Literal["crops", "context"]
+    review: bool
+    review_reasons: list[str] = Field(
+        description="weak_mark, weak_extra_mark, possible_second_mark, low_confidence (docs/api.md, Questions)"
+    )
+
+
 class ClassifyResponse(BaseModel):
     model: ModelRef
     profile: str
     tta: bool
     results: list[CropResult]
+    questions: list[QuestionResult] | None = Field(None, description="Only when crops name questions.")
 
 
 class ErrorBody(BaseModel):

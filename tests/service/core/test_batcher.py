@@ -24,10 +24,12 @@ class Model:
         self.seen: list[np.ndarray] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set when a call reaches the model (before the gate)
         self.wrong_rows = wrong_rows
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        self.gate.wait(10)
+        self.entered.set()
+        self.gate.wait(30)
         self.seen.append(batch.copy())
         if (batch[:, 0, 0] == 255).any():
             raise RuntimeError("marked input")
@@ -104,12 +106,11 @@ def test_submit_cancelled_request_never_computed(pool) -> None:
         b.start()
         model.gate.clear()  # hold the first batch in the model
         first = b.submit(rows([1]))
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(model.entered.wait, 30)
         doomed = b.submit(rows([7, 7]))
-        await asyncio.sleep(0.01)
         assert b.queued_rows == 2
         doomed.cancel()
-        await asyncio.sleep(0)
+        await asyncio.gather(doomed, return_exceptions=True)  # its done-callbacks have run
         assert b.queued_rows == 0  # its rows no longer count
         model.gate.set()
         result = await first
@@ -168,3 +169,26 @@ def test_cancelled_before_taken_does_not_stall_loop(pool) -> None:
 
     assert asyncio.run(go())[:, 0].tolist() == [6]
     assert all(5 not in s[:, 0, 0] for s in model.seen)
+
+
+def test_stop_fails_queued_requests(pool) -> None:
+    """stop() while a request waits behind a held batch: the waiting one fails with InferenceFailed, not a hang."""
+    model = Model()
+
+    async def go() -> BaseException | None:
+        b = make(model, pool, max_delay_s=0)
+        b.start()
+        model.gate.clear()
+        running = b.submit(rows([1]))
+        assert await asyncio.to_thread(model.entered.wait, 30)
+        waiting = b.submit(rows([2, 3]))
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(waiting, return_exceptions=True)), 30)
+        model.gate.set()
+        await stopping
+        await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), 30)
+        return waiting.exception()
+
+    exc = asyncio.run(go())
+    assert isinstance(exc, InferenceFailed) and "stopped before this request ran" in str(exc)
+    assert all(2 not in s[:, 0, 0] for s in model.seen)  # never computed

@@ -1,0 +1,232 @@
+"""Questions, not just crops: one answer per question from the per-crop decisions of its options.
+
+A crop may name its question; the crops of one question are its options. The question layer never changes a
+crop's result: it reads each option's (possibly sheet-adapted) `Decision` and decides, using the context of the
+question's other options, one of
+
+    blank      no option marked, none stands out
+    answered   1..max_marks options marked (or one weak mark standing out clearly among clean empties)
+    multiple   more than max_marks options clearly marked
+    ambiguous  the evidence does not separate: a weak mark beside a strong one (an erasure?), more marks than
+               max_marks of which some are weak, or a doubtful mark with no clear one
+
+Per option i, q_i is the probability that it is marked: its `marked_probability`, moved to the decided side
+(0.5) when the per-crop decision went against it (the sheet context moved it). Under independence,
+P(exactly S marked) = prod_{i in S} q_i * prod_{i not in S} (1 - q_i); that is a question's confidence.
+A context decision (one unmarked option standing out) reports P(it | exactly one option marked) =
+odds_t / sum_j odds_j instead: it presumes the respondent answered, which is what the context argues.
+The rule and its parameters are documented in docs/api.md ("Questions").
+
+Knows nothing of HTTP: `plan_questions` validates the request's grouping (raising `InvalidQuestions` naming
+each offending question) before any crop is decoded; `decide_questions` runs after classification.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.core.postprocess import Decision
+from service.errors import InvalidQuestions
+
+Status = Literal["blank", "answered", "multiple", "ambiguous"]
+
+#: most options (crops) one question may have; a bigger "question" is a grouping bug in the engine
+MAX_OPTIONS = 64
+_EPS = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionRule:
+    """The decision rule's parameters (defaults documented in docs/api.md)."""
+
+    #: a marked option at or above this q is a clear mark; a marked one below it is a weak mark
+    strong_p: float = 0.8
+    #: an unmarked option at or above this q is a doubtful mark (a rival beside a mark, or ambiguous alone)
+    doubt_p: float = 0.2
+    #: an unmarked option needs at least this q to be picked by context ...
+    outlier_min_p: float = 0.1
+    #: ... and log-odds at least this far above every other option (3.0 = 20x the odds) ...
+    outlier_gap: float = 3.0
+    #: ... while every other option is clean (q at most this); and at least 2 other options
+    clean_p: float = 0.05
+    #: a question whose confidence is below this is flagged for review
+    min_confidence: float = 0.8
+    max_options: int = MAX_OPTIONS
+
+
+DEFAULT_RULE = QuestionRule()
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One question of a request: its id, the request indices of its options, and how many marks it admits."""
+
+    id: str
+    indices: tuple[int, ...]
+    max_marks: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionResult:
+    id: str
+    status: Status
+    #: crop ids counted as marked (for `ambiguous`: the per-crop reading)
+    marked: list[str]
+    #: crop ids in doubt (weak marks, rivals); empty unless ambiguous or a weak mark was counted
+    candidates: list[str]
+    confidence: float
+    #: "crops": the per-crop decisions; "context": the question's context picked an option its crop called unmarked
+    decided_by: Literal["crops", "context"]
+    review_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def review(self) -> bool:
+        return bool(self.review_reasons)
+
+
+def _problem(qid: str, reason: str, message: str) -> dict[str, str]:
+    return {"id": qid, "reason": reason, "message": message}
+
+
+def plan_questions(
+    question_ids: Sequence[str | None],
+    max_marks: int | None = None,
+    overrides: Mapping[str, int] | None = None,
+    max_options: int = MAX_OPTIONS,
+) -> list[Question]:
+    """Group crop indices by question, in order of first appearance; refuse (all problems at once) a
+    `max_marks` override for a question no crop names, a question with more than `max_options` options, and a
+    `max_marks` without any question. Types and ranges (string ids, integer >= 1) are the schema's job; they
+    are re-checked here so that a caller outside HTTP gets the same answer."""
+    groups: dict[str, list[int]] = {}
+    problems: list[dict[str, str]] = []
+    for i, qid in enumerate(question_ids):
+        if qid is None:
+            continue
+        if not isinstance(qid, str) or not qid:
+            problems.append(_problem(repr(qid), "invalid_id", f"crop {i}: question id must be a non-empty string"))
+            continue
+        groups.setdefault(qid, []).append(i)
+    overrides = dict(overrides or {})
+    default = 1 if max_marks is None else max_marks
+    for qid, m in [("(request)", default), *overrides.items()]:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            problems.append(_problem(qid, "invalid_max_marks", f"max_marks must be an integer >= 1, got {m!r}"))
+    for qid in overrides:
+        if qid not in groups:
+            problems.append(
+                _problem(qid, "unknown_question", f"max_marks given for question {qid!r}, no crop names it")
+            )
+    if not groups and max_marks is not None and not overrides:
+        problems.append(_problem("(request)", "no_questions", "max_marks given but no crop names a question"))
+    for qid, idx in groups.items():
+        if len(idx) > max_options:
+            problems.append(
+                _problem(
+                    qid, "too_many_options", f"question {qid!r} has {len(idx)} options; the limit is {max_options}"
+                )
+            )
+    if problems:
+        raise InvalidQuestions(problems)
+    return [Question(qid, tuple(idx), overrides.get(qid, default)) for qid, idx in groups.items()]
+
+
+def _q(d: Decision) -> float:
+    """P(marked) on the decided side: a decision the sheet context moved counts as a coin flip, not against."""
+    p = d.marked_probability
+    p = max(p, 0.5) if d.marked else min(p, 0.5)
+    return min(max(p, _EPS), 1.0 - _EPS)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _p_exactly(q: Sequence[float], chosen: set[int]) -> float:
+    return math.prod(q[i] if i in chosen else 1.0 - q[i] for i in range(len(q)))
+
+
+def _standout(q: Sequence[float], among: Sequence[int], rule: QuestionRule) -> int | None:
+    """The option of `among` that stands out as a context mark: q >= outlier_min_p, at least `outlier_gap`
+    log-odds above each other option of `among`, all of which are clean (q <= clean_p); at least 2 others."""
+    if len(among) < 3:
+        return None
+    top = max(among, key=lambda i: q[i])
+    rest = max(q[i] for i in among if i != top)
+    if q[top] >= rule.outlier_min_p and rest <= rule.clean_p and _logit(q[top]) - _logit(rest) >= rule.outlier_gap:
+        return top
+    return None
+
+
+def decide_question(
+    options: Sequence[Decision], max_marks: int, rule: QuestionRule = DEFAULT_RULE
+) -> tuple[Status, list[int], list[int], float, str, list[str]]:
+    """One question's options (their per-crop decisions) -> (status, marked, candidates, confidence,
+    decided_by, review_reasons); marked/candidates are positions in `options`."""
+    q = [_q(d) for d in options]
+    n = len(q)
+    marked = [i for i, d in enumerate(options) if d.marked]
+    unmarked = [i for i in range(n) if not options[i].marked]
+    reasons: list[str] = []
+    decided_by = "crops"
+    candidates: list[int] = []
+    if not marked:
+        top = max(range(n), key=lambda i: q[i])
+        pick = _standout(q, range(n), rule)
+        if pick is not None:
+            status: Status = "answered"
+            marked, decided_by = [pick], "context"
+            odds = [qi / (1.0 - qi) for qi in q]
+            confidence = odds[pick] / sum(odds)
+        elif q[top] >= rule.doubt_p or (n >= 2 and q[top] >= rule.outlier_min_p and _gap(q, top) >= rule.outlier_gap):
+            status, candidates = "ambiguous", [top]
+            reasons.append("weak_mark")
+            confidence = _p_exactly(q, set())
+        else:
+            status, confidence = "blank", _p_exactly(q, set())
+    else:
+        strong = [i for i in marked if q[i] >= rule.strong_p]
+        weak = [i for i in marked if q[i] < rule.strong_p]
+        rivals = [i for i in unmarked if q[i] >= rule.doubt_p]
+        lone = _standout(q, unmarked, rule)
+        if lone is not None and lone not in rivals:
+            rivals.append(lone)
+        if len(marked) > max_marks:
+            if len(strong) > max_marks:
+                status = "multiple"
+            else:
+                status, candidates = "ambiguous", weak
+                reasons.append("weak_extra_mark")
+        elif rivals:
+            status, candidates = "ambiguous", weak + rivals
+            reasons.append("possible_second_mark")
+        else:
+            status, candidates = "answered", weak
+        confidence = _p_exactly(q, set(marked))
+    if confidence < rule.min_confidence:
+        reasons.append("low_confidence")
+    return status, marked, candidates, confidence, decided_by, reasons
+
+
+def _gap(q: Sequence[float], top: int) -> float:
+    return _logit(q[top]) - _logit(max(q[i] for i in range(len(q)) if i != top))
+
+
+def decide_questions(
+    questions: Sequence[Question],
+    decisions: Sequence[Decision],
+    crop_ids: Sequence[str],
+    rule: QuestionRule = DEFAULT_RULE,
+) -> list[QuestionResult]:
+    """Every planned question's result, in order of first appearance (the crops' results are not touched)."""
+    out: list[QuestionResult] = []
+    for question in questions:
+        options = [decisions[i] for i in question.indices]
+        status, marked, candidates, confidence, decided_by, reasons = decide_question(options, question.max_marks, rule)
+        ids = [crop_ids[question.indices[i]] for i in marked]
+        doubt = [crop_ids[question.indices[i]] for i in candidates]
+        out.append(QuestionResult(question.id, status, ids, doubt, confidence, decided_by, reasons))  # type: ignore[arg-type]
+    return out

@@ -1,0 +1,190 @@
+"""The question layer on hand-made per-crop decisions: every status, the context outlier, max_marks, the
+confidence formula, and the request checks that name the offending question."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from service.core.postprocess import Decision
+from service.core.questions import (
+    MAX_OPTIONS,
+    Question,
+    QuestionRule,
+    decide_question,
+    decide_questions,
+    plan_questions,
+)
+from service.errors import InvalidQuestions
+
+
+def crop(p: float, marked: bool | None = None) -> Decision:
+    """A per-crop decision with marked probability `p` (marked = p >= 0.5 unless the sheet context moved it)."""
+    is_marked = p >= 0.5 if marked is None else marked
+    return Decision("filled" if is_marked else "empty", 0.99, is_marked, p, {"empty": 1 - p, "filled": p})
+
+
+def run(ps: list[float], max_marks: int = 1, **rule: float):
+    status, marked, candidates, confidence, decided_by, reasons = decide_question(
+        [crop(p) for p in ps], max_marks, QuestionRule(**rule)
+    )
+    return status, marked, candidates, confidence, decided_by, reasons
+
+
+def test_decide_single_choice_one_clear_mark_is_answered() -> None:
+    status, marked, candidates, confidence, decided_by, reasons = run([0.002, 0.99, 0.003, 0.001])
+    assert (status, marked, candidates, decided_by, reasons) == ("answered", [1], [], "crops", [])
+    assert confidence == pytest.approx(0.998 * 0.99 * 0.997 * 0.999)
+
+
+def test_decide_two_clear_marks_are_multiple() -> None:
+    status, marked, _, confidence, _, reasons = run([0.98, 0.01, 0.995, 0.01])
+    assert (status, marked) == ("multiple", [0, 2])
+    assert confidence > 0.9 and reasons == []
+
+
+def test_decide_no_mark_is_blank() -> None:
+    status, marked, candidates, confidence, decided_by, reasons = run([0.01, 0.004, 0.02, 0.001, 0.03])
+    assert (status, marked, candidates, decided_by, reasons) == ("blank", [], [], "crops", [])
+    assert confidence == pytest.approx(0.99 * 0.996 * 0.98 * 0.999 * 0.97)
+
+
+@pytest.mark.parametrize("p", [0.13, 0.49])
+def test_decide_weak_outlier_among_clean_empties_is_the_answer(p: float) -> None:
+    """The issue's looped tick: p(marked) 0.13 / 0.49 alone, beside five clean boxes of its row."""
+    ps = [0.001, 0.002, p, 0.001, 0.0015, 0.001]
+    status, marked, _, confidence, decided_by, reasons = run(ps)
+    assert (status, marked, decided_by) == ("answered", [2], "context")
+    odds = [x / (1 - x) for x in ps]
+    assert confidence == pytest.approx(odds[2] / sum(odds))
+    assert reasons == []  # clearly the answer: not flagged
+
+
+def test_decide_weak_outlier_needs_clean_neighbours() -> None:
+    """The same weak mark beside options that are not clean is not picked by context: it is ambiguous."""
+    status, marked, candidates, _, decided_by, reasons = run([0.08, 0.07, 0.3, 0.09])
+    assert (status, marked, candidates, decided_by) == ("ambiguous", [], [2], "crops")
+    assert "weak_mark" in reasons
+
+
+def test_decide_small_gap_is_blank_not_context() -> None:
+    """A faint difference among empties (print, noise) never becomes an answer."""
+    status, marked, _, _, _, _ = run([0.002, 0.01, 0.001, 0.002])
+    assert (status, marked) == ("blank", [])
+
+
+def test_decide_two_options_give_no_context_decision() -> None:
+    """A weak mark beside a single other option: no row to compare with, so no context answer; it stands out
+    (no option clearly marked while one stands out), so it is ambiguous."""
+    status, marked, candidates, _, decided_by, reasons = run([0.15, 0.001])
+    assert (status, marked, candidates, decided_by, reasons) == ("ambiguous", [], [0], "crops", ["weak_mark"])
+    assert run([0.05, 0.001])[:2] == ("blank", [])
+
+
+def test_decide_strong_mark_and_weaker_rival_is_ambiguous() -> None:
+    """A strong mark and a weaker one that may be an erasure."""
+    status, marked, candidates, _, _, reasons = run([0.99, 0.001, 0.3, 0.002])
+    assert (status, marked, candidates) == ("ambiguous", [0], [2])
+    assert "possible_second_mark" in reasons
+
+
+def test_decide_strong_mark_and_weak_outlier_is_ambiguous() -> None:
+    status, marked, candidates, _, _, reasons = run([0.99, 0.001, 0.12, 0.002, 0.001])
+    assert (status, marked, candidates) == ("ambiguous", [0], [2])
+    assert "possible_second_mark" in reasons
+
+
+def test_decide_strong_and_weak_marks_over_max_marks_are_ambiguous() -> None:
+    status, marked, candidates, _, _, reasons = run([0.99, 0.62, 0.01, 0.01])
+    assert (status, marked, candidates) == ("ambiguous", [0, 1], [1])
+    assert "weak_extra_mark" in reasons and "low_confidence" in reasons
+
+
+def test_decide_multi_select_within_max_marks_is_answered() -> None:
+    ps = [0.99, 0.01, 0.97, 0.02, 0.995]
+    assert run(ps, max_marks=3)[:2] == ("answered", [0, 2, 4])
+    assert run(ps, max_marks=2)[:2] == ("multiple", [0, 2, 4])
+    assert run(ps, max_marks=1)[:2] == ("multiple", [0, 2, 4])
+
+
+def test_decide_lone_weak_mark_is_answered_but_flagged() -> None:
+    status, marked, candidates, confidence, _, reasons = run([0.01, 0.6, 0.01])
+    assert (status, marked, candidates) == ("answered", [1], [1])
+    assert confidence < 0.8 and reasons == ["low_confidence"]
+
+
+def test_decide_mark_moved_by_sheet_context_counts_on_its_decided_side() -> None:
+    """A crop the per-sheet adaptation turned marked (p 0.3 but marked) is a weak mark, never read against."""
+    options = [crop(0.01), crop(0.3, marked=True), crop(0.02)]
+    status, marked, candidates, confidence, decided_by, reasons = decide_question(options, 1)
+    assert (status, marked, candidates, decided_by) == ("answered", [1], [1], "crops")
+    assert confidence == pytest.approx(0.5 * 0.99 * 0.98)
+    assert "low_confidence" in reasons
+
+
+def test_decide_single_option_question() -> None:
+    assert run([0.97])[:2] == ("answered", [0])
+    assert run([0.02])[:2] == ("blank", [])
+    assert run([0.3])[:3] == ("ambiguous", [], [0])
+
+
+def test_decide_confidence_survives_many_options() -> None:
+    status, _, _, confidence, _, _ = run([0.0] * (MAX_OPTIONS - 1) + [1.0])
+    assert status == "answered" and 0.99 < confidence <= 1.0 and math.isfinite(confidence)
+
+
+def test_decide_questions_in_order_with_crop_ids_and_untouched_decisions() -> None:
+    decisions = [crop(0.01), crop(0.99), crop(0.02), crop(0.98), crop(0.97), crop(0.5)]
+    before = [(d.marked, d.marked_probability, dict(d.probabilities)) for d in decisions]
+    ids = ["a1", "a2", "free", "b1", "b2", "b3"]
+    plan = plan_questions(["qB", "qA", None, "qB", "qA", "qB"])
+    assert [q.id for q in plan] == ["qB", "qA"]
+    assert plan[0] == Question("qB", (0, 3, 5), 1)
+    results = decide_questions(plan, decisions, ids)
+    assert [(r.id, r.status, r.marked) for r in results] == [
+        ("qB", "ambiguous", ["b1", "b3"]),  # a strong and a weak (0.5) mark, one allowed
+        ("qA", "multiple", ["a2", "b2"]),
+    ]
+    assert [(d.marked, d.marked_probability, dict(d.probabilities)) for d in decisions] == before
+
+
+def test_plan_applies_request_and_per_question_max_marks() -> None:
+    plan = plan_questions(["q1", "q2", "q1"], max_marks=2, overrides={"q2": 3})
+    assert [(q.id, q.max_marks) for q in plan] == [("q1", 2), ("q2", 3)]
+    assert plan_questions([None, None]) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "qid", "reason"),
+    [
+        ({"question_ids": ["q1", "q1"], "overrides": {"q9": 2}}, "q9", "unknown_question"),
+        ({"question_ids": ["q1"], "overrides": {"q1": 0}}, "q1", "invalid_max_marks"),
+        ({"question_ids": ["q1"], "overrides": {"q1": True}}, "q1", "invalid_max_marks"),
+        ({"question_ids": ["q1"], "overrides": {"q1": 1.5}}, "q1", "invalid_max_marks"),
+        ({"question_ids": ["q1"], "max_marks": 0}, "(request)", "invalid_max_marks"),
+        ({"question_ids": ["q7"] * (MAX_OPTIONS + 1)}, "q7", "too_many_options"),
+        ({"question_ids": ["q1", 12]}, "12", "invalid_id"),
+        ({"question_ids": [None, None], "max_marks": 2}, "(request)", "no_questions"),
+    ],
+)
+def test_plan_refuses_bad_grouping_naming_the_question(kwargs, qid: str, reason: str) -> None:
+    with pytest.raises(InvalidQuestions) as err:
+        plan_questions(**kwargs)
+    body = err.value.body()
+    assert body["code"] == "invalid_questions" and err.value.status == 422
+    assert {"id": qid, "reason": reason} in [{"id": p["id"], "reason": p["reason"]} for p in body["questions"]]
+    assert repr(qid) in body["error"] or qid in body["error"]
+
+
+def test_plan_reports_every_problem_at_once() -> None:
+    with pytest.raises(InvalidQuestions) as err:
+        plan_questions(["q1"] * 3, overrides={"q2": 2, "q3": 0}, max_options=2)
+    reasons = sorted((p["id"], p["reason"]) for p in err.value.body()["questions"])
+    assert reasons == [
+        ("q1", "too_many_options"),
+        ("q2", "unknown_question"),
+        ("q3", "invalid_max_marks"),
+        ("q3", "unknown_question"),
+    ]
+    assert "and 3 more" in err.value.message
