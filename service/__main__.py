@@ -4,22 +4,58 @@ Shutdown (SIGTERM/SIGINT): readiness turns false at once; requests keep being ac
 `shutdown_delay_s` (load balancers notice); then the listener closes, in-flight and queued requests finish
 within `drain_timeout_s`, and the process exits. A second signal skips the rest of the delay; a third SIGINT
 forces an immediate exit.
+
+`OMR_WORKERS` (default: the container's CPUs) >= 2 runs a supervisor and that many worker processes on one
+listening socket (`service.serve.supervisor`); each worker runs `serve()` below on the inherited socket.
+After SIGTERM every response carries `Connection: close`, so keep-alive clients reconnect (and find the
+listener gone once the delay is over) instead of sending on a connection that is about to close.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import time
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import Message, Receive, Scope, Send
 
 from service.app import create_app
+from service.core.runtime import SessionFactory, create_session
+from service.serve import supervisor
+from service.serve.cpus import resolve_workers
+from service.serve.pod import WorkerSlot
 from service.settings import Settings
 
 log = logging.getLogger("service")
+
+
+class CloseWhileDraining:
+    """ASGI wrapper: once the app drains, every response says `Connection: close` (uvicorn then closes the
+    connection after it), so no client sends its next request on a keep-alive connection the listener's
+    shutdown is about to close under it (a `RemoteProtocolError` for a client that ignores readiness)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state  # DrainingServer and the test helpers reach the AppState through config.app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                omr = getattr(self.state, "omr", None)
+                if omr is not None and omr.shutting_down:
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 class DrainingServer(uvicorn.Server):
@@ -71,18 +107,17 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--shutdown-delay-s", type=float)
     p.add_argument("--drain-timeout-s", type=float)
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--workers", type=int, help="worker processes; 0 = the container's CPUs (cgroup quota)")
     args = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     if "providers" in args:
         args["providers"] = [s.strip() for s in args["providers"].split(",") if s.strip()]
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = Settings(**parse_args(argv))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The one uvicorn configuration, used by the single process and by every worker of a pod."""
+    return uvicorn.Config(
+        CloseWhileDraining(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -90,7 +125,35 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,  # per-request logs at thousands of requests/s cost more than they tell; see /metrics
         lifespan="on",
     )
-    DrainingServer(config, settings).run()
+
+
+def serve(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    pod: WorkerSlot | None = None,
+    session_factory: SessionFactory = create_session,
+) -> bool:
+    """Run one service process until it has drained (a worker passes the pod's inherited socket and its slot).
+    False if the app never started (its lifespan failed: the model did not load)."""
+    app = create_app(settings, session_factory, pod=pod)
+    server = DrainingServer(uvicorn_config(app, settings), settings)
+    server.run(sockets=sockets)
+    return server.started
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings(**parse_args(argv))
+    setup_logging(settings)
+    workers = resolve_workers(settings.workers)
+    if workers == 1:
+        if not serve(settings):
+            raise SystemExit(3)  # uvicorn's start-up failure code
+        return
+    raise SystemExit(supervisor.run(settings, workers))
 
 
 if __name__ == "__main__":

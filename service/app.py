@@ -22,6 +22,7 @@ from service.core.registry import Registry
 from service.core.runtime import SessionFactory, create_session
 from service.http import classify, errors, health, middleware, v2
 from service.metrics import Metrics
+from service.serve.pod import WorkerSlot
 from service.settings import Settings
 from service.state import AppState
 
@@ -45,14 +46,19 @@ def _build_state(settings: Settings, session_factory: SessionFactory) -> AppStat
     )
 
 
-def create_app(settings: Settings | None = None, session_factory: SessionFactory = create_session) -> FastAPI:
-    """Build the service. `session_factory` lets a test wrap the real ONNX Runtime session (fault injection)."""
+def create_app(
+    settings: Settings | None = None, session_factory: SessionFactory = create_session, pod: WorkerSlot | None = None
+) -> FastAPI:
+    """Build the service. `session_factory` lets a test wrap the real ONNX Runtime session (fault injection);
+    `pod`: this process is one worker of several (`service.serve`), readiness/admission/metrics are the pod's."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = _build_state(settings, session_factory)
         app.state.omr = state
+        if pod is not None:
+            state.join_pod(pod)
         for served in state.registry.all():
             served.batcher.start()
         warm = asyncio.get_running_loop().run_in_executor(state.inference_pool, state.warm)

@@ -1,15 +1,22 @@
-"""What a running app holds: settings, metrics, the loaded models, readiness. One per `create_app`."""
+"""What a running app holds: settings, metrics, the loaded models, readiness. One per `create_app`.
+
+In a pod of several workers (`service.serve`) each worker's state also holds its `WorkerSlot` of the shared
+block: readiness is then the pod's (every worker warmed, no replacement starting, the pod not draining), and
+this worker reports its own phase there.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.core.classifier import Classifier
 from service.core.registry import Registry
 from service.metrics import Metrics
+from service.serve.pod import MAX_MODELS, Phase, WorkerSlot
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,9 @@ class AppState:
     warmed: threading.Event = field(default_factory=threading.Event)
     draining: bool = False
     problems: list[str] = field(default_factory=list)
+    pod: WorkerSlot | None = None  # set when this process is one worker of several
+    #: called once on the first SIGTERM, after readiness turned false (e.g. a per-worker gRPC server's drain)
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
 
     def not_ready_reasons(self) -> list[str]:
         reasons = list(self.problems)
@@ -34,18 +44,44 @@ class AppState:
             reasons.append("shutting down")
         if not self.warmed.is_set():
             reasons.append("warming up")
+        if self.pod is not None and not reasons:
+            reasons.extend(self.pod.not_ready_reasons())
         return reasons
+
+    @property
+    def shutting_down(self) -> bool:
+        """This worker, or the pod it belongs to, got the signal to drain."""
+        return self.draining or (self.pod is not None and self.pod.pod.draining)
 
     @property
     def ready(self) -> bool:
         return not self.not_ready_reasons()
 
+    def join_pod(self, slot: WorkerSlot) -> None:
+        """This process is one worker of a pod: pod-wide readiness, queue limit and metrics."""
+        if len(self.registry.all()) > MAX_MODELS:
+            raise ValueError(f"a pod shares the queue of at most {MAX_MODELS} model versions")
+        self.pod = slot
+        slot.set_phase(Phase.STARTING)
+        for index, served in enumerate(self.registry.all()):
+            served.admission.share(slot, index)
+        self.metrics.add_pod(slot.pod)
+
     def start_draining(self) -> None:
         """Readiness turns false at once (SIGTERM); queued and in-flight requests still complete."""
-        if not self.draining:
+        first = not self.draining
+        if first:
             log.info("draining: readiness is now false")
         self.draining = True
         self.metrics.ready.set(0)
+        if self.pod is not None:
+            self.pod.set_phase(Phase.DRAINING)
+        if first:
+            for callback in self.on_drain:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a drain callback failed")
 
     def warm(self) -> None:
         """Run every batch bucket of every model once (executor thread), then check providers."""
@@ -66,4 +102,7 @@ class AppState:
             self.problems.append(f"warm-up failed: {type(exc).__name__}")
         finally:
             self.warmed.set()
-            self.metrics.ready.set(1 if self.ready else 0)
+            healthy = not self.problems and not self.draining
+            self.metrics.ready.set(1 if healthy else 0)
+            if self.pod is not None and healthy:
+                self.pod.set_phase(Phase.READY)

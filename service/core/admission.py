@@ -10,13 +10,28 @@ decoding, queued, and in running model calls) and the service rate the batcher o
   queued or running at the batcher's observed seconds per row.
 Admitted rows are *reserved* until they are queued, so a burst of concurrent requests that are all still
 decoding cannot all slip past the check at once.
+
+In a pod of several workers (`service.serve`) the queue limit holds for the POD: each worker publishes its own
+reserved + queued rows to the shared block after every admission and release, and checks the sum over all
+workers against `queue_limit` (memory is the pod's). The wait estimate stays per worker: a request waits only
+behind its own worker's queue and model.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from service.core.batcher import Batcher
 from service.errors import Overloaded
 from service.metrics import Metrics
+
+
+class SharedBacklog(Protocol):
+    """The pod's view of pending rows (`service.serve.pod.WorkerSlot`)."""
+
+    def publish_pending(self, model: int, rows: int) -> None: ...
+
+    def others_pending(self, model: int) -> int: ...
 
 
 class Reservation:
@@ -24,12 +39,14 @@ class Reservation:
 
     def __init__(self, admission: Admission, rows: int) -> None:
         self._admission: Admission | None = admission
+        self._owner = admission
         self.rows = rows
 
     def release(self) -> None:
         if self._admission is not None:
             self._admission.reserved_rows -= self.rows
             self._admission = None
+        self._owner.publish()  # every call: the last one (request done) reports the rows gone from the queue
 
 
 class Admission:
@@ -39,6 +56,28 @@ class Admission:
         self.metrics = metrics
         self.reserved_rows = 0
         self.decode_sec_per_row: float | None = None  # EWMA of decode work time per row (WorkClock)
+        self._shared: SharedBacklog | None = None
+        self._model_index = 0
+
+    def share(self, backlog: SharedBacklog, model_index: int) -> None:
+        """Count the queue limit over the whole pod (`model_index`: this model's column in the shared block)."""
+        self._shared = backlog
+        self._model_index = model_index
+        self.publish()
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows admitted here and not yet taken by a model call (reserved + queued)."""
+        return self.reserved_rows + self.batcher.queued_rows
+
+    def publish(self) -> None:
+        if self._shared is not None:
+            self._shared.publish_pending(self._model_index, self.pending_rows)
+
+    def pod_pending_rows(self) -> int:
+        """Pending rows in the whole pod: this worker's live figure + the others' last published ones."""
+        others = self._shared.others_pending(self._model_index) if self._shared is not None else 0
+        return self.pending_rows + others
 
     @property
     def backlog_rows(self) -> int:
@@ -59,11 +98,12 @@ class Admission:
 
     def admit(self, rows: int, budget_s: float) -> Reservation:
         """Reserve `rows`, or raise Overloaded (429) now."""
-        pending = self.reserved_rows + self.batcher.queued_rows
+        pending = self.pod_pending_rows()
         if pending and pending + rows > self.queue_limit:
             self.metrics.rejections.labels("queue_full").inc()
+            where = "in the pod" if self._shared is not None else "waiting"
             raise Overloaded(
-                f"queue full: {pending} rows waiting (limit {self.queue_limit})",
+                f"queue full: {pending} rows {where} (limit {self.queue_limit})",
                 retry_after_s=self.estimated_wait_s(),
             )
         wait = self.estimated_wait_s(rows)
@@ -74,4 +114,5 @@ class Admission:
                 retry_after_s=self.estimated_wait_s(),
             )
         self.reserved_rows += rows
+        self.publish()
         return Reservation(self, rows)
