@@ -34,6 +34,7 @@ def render(c: Classification) -> dict[str, Any]:
         "model": {"name": served.name, "version": served.version, "provider": served.provider},
         "profile": c.profile,
         "tta": c.tta,
+        "sheet": c.sheet,
         "results": [
             {
                 "id": crop_id,
@@ -44,6 +45,7 @@ def render(c: Classification) -> dict[str, Any]:
                 "probabilities": d.probabilities,
                 "review": d.review,
                 "review_reasons": d.review_reasons,
+                "decided_by": d.decided_by,
             }
             for crop_id, d in zip(c.ids, c.decisions, strict=True)
         ],
@@ -122,6 +124,8 @@ async def classify(
     profile: Annotated[str | None, Query(description="raw tensor: profile")] = None,
     model: Annotated[str | None, Query(description="raw tensor: model name")] = None,
     version: Annotated[str | None, Query(description="raw tensor: model version")] = None,
+    sheet: Annotated[str | None, Query(max_length=256, description="raw tensor: sheet name")] = None,
+    sheet_context: Annotated[bool | None, Query(description="raw tensor: sheet context on/off")] = None,
 ) -> Response:
     """Classify a batch of bubble crops; results come back in request order."""
     deadline = time.monotonic() + state.settings.request_timeout_s
@@ -145,7 +149,15 @@ async def classify(
             request,
             state,
             classifier.classify_raw(
-                tensor, None, deadline=deadline, model=model, version=version, profile=profile, tta_requested=tta
+                tensor,
+                None,
+                deadline=deadline,
+                model=model,
+                version=version,
+                profile=profile,
+                tta_requested=tta,
+                sheet=sheet,
+                sheet_context=sheet_context,
             ),
         )
         return json_response(render(result))
@@ -178,6 +190,8 @@ async def classify(
         version=req.version,
         profile=req.profile,
         tta_requested=req.tta,
+        sheet=req.sheet,
+        sheet_context=req.sheet_context,
     )
     result = await until_disconnect(request, state, work)
     body = render(result)

@@ -34,6 +34,12 @@ class ClassifyRequest(_Strict):
     profile: str | None = Field(None, description="Which classes count as marked (e.g. ink, fill, check-correct).")
     model: str | None = Field(None, description="Model name; default OMR_DEFAULT_MODEL.")
     version: str | None = Field(None, description="Model version; default the configured or highest one.")
+    sheet: str | None = Field(
+        None, max_length=256, description="Names the sheet these crops come from (a request is one sheet); echoed."
+    )
+    sheet_context: bool | None = Field(
+        None, description="Decide doubtful crops relative to this sheet's confident ones (default on; docs/api.md)."
+    )
     max_marks: int | None = Field(
         None, ge=1, description="Options a question admits (default 1); only with crops that name a question."
     )
@@ -51,12 +57,17 @@ class ModelRef(BaseModel):
 class CropResult(BaseModel):
     id: str
     label: str
-    confidence: float = Field(description="Calibrated probability of `label` (the top class).")
+    confidence: float = Field(description="Calibrated probability of `label` (best class on the decided side).")
     marked: bool
     marked_probability: float = Field(description="Sum of the profile's marked classes' probabilities.")
     probabilities: dict[str, float]
     review: bool
-    review_reasons: list[str] = Field(description="low_confidence, small_binary_margin, tta_disagreement")
+    review_reasons: list[str] = Field(
+        description="low_confidence, small_binary_margin, tta_disagreement, sheet_context, label_marked_conflict"
+    )
+    decided_by: Literal["model", "sheet"] = Field(
+        description="Who decided `marked`: the model alone, or the sheet context (docs/api.md, Sheet context)."
+    )
 
 
 class QuestionResult(BaseModel):
@@ -76,6 +87,7 @@ class ClassifyResponse(BaseModel):
     model: ModelRef
     profile: str
     tta: bool
+    sheet: str | None = Field(None, description="The request's `sheet`, echoed.")
     results: list[CropResult]
     questions: list[QuestionResult] | None = Field(None, description="Only when crops name questions.")
 
