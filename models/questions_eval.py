@@ -113,23 +113,31 @@ def question_rows(
     profile: str,
     max_marks: int = 1,
     rule: QuestionRule = DEFAULT_RULE,
+    folds: Path | None = None,
+    sealed: bool = False,
 ) -> list[dict[str, object]]:
     """One row per complete question: truth, the question layer's answer and the context-free reading.
 
-    Each sheet's labelled crops (all of them, not only the complete questions') are classified together."""
+    Each sheet's labelled crops (all of them, not only the complete questions') are classified together, by
+    `model` itself, or with `folds` (a `models.finetune` folds folder) out of fold: each source by the fold
+    model that never saw it (`sealed`: the sealed fold's sources instead of the tuning ones)."""
     questions = group_questions(items)
-    by_sheet: dict[str, list[LabelledCrop]] = collections.defaultdict(list)
-    for it in items:
-        by_sheet[it.sheet_id or ""].append(it)
-    decisions: dict[str, Decision] = {}
-    truth: dict[str, bool] = {}
-    for sheet in dict.fromkeys(q.sheet_id for q in questions):
-        sheet_items = by_sheet[sheet]
-        pred = predict(model, decode_crops(sheet_items), tta, profile)
-        marked_truth, _ = binary_truth(sheet_items, model.config, profile)
-        for it, d, t in zip(sheet_items, pred.decisions, marked_truth, strict=True):
-            decisions[it.crop_file], truth[it.crop_file] = d, bool(t)
-    return score_questions(questions, decisions, truth, max_marks, rule)
+    sheets = {q.sheet_id for q in questions}
+    used = [it for it in items if it.sheet_id in sheets]  # only sheets with complete questions are decoded
+    crops = decode_crops(used)
+    if folds is None:
+        pred = predict(model, crops, tta, profile, sheets=[it.sheet_id for it in used])
+        decided = list(zip(used, pred.decisions, strict=True))
+    else:
+        from models import loso  # out of fold: each sheet predicted by the fold model that never saw its source
+
+        oof = loso.out_of_fold(folds, used, crops, model.config, tta, profile, sealed)
+        decided = [(used[i], d) for i, d in zip(oof.index.tolist(), oof.pred.decisions, strict=True)]
+    marked_truth, _ = binary_truth([it for it, _ in decided], model.config, profile)
+    decisions = {it.crop_file: d for it, d in decided}
+    truth = {it.crop_file: bool(t) for (it, _), t in zip(decided, marked_truth, strict=True)}
+    return score_questions([q for q in questions if all(c.crop_file in decisions for c in q.crops)],
+                           decisions, truth, max_marks, rule)  # fmt: skip
 
 
 def score_questions(
@@ -229,7 +237,7 @@ def _pct(v: object) -> str:
 
 def format_report(r: dict[str, object]) -> str:
     lines = [
-        f"questions {r['questions']} on {r['sheets']} sheets (complete questions only)",
+        f"questions {r['questions']} on {r['sheets']} sheets (complete questions only); {r.get('predictions', '')}",
         f"question accuracy       {_pct(r['accuracy'])}  (context-free per-crop reading: "
         f"{_pct(r['crop_reading_accuracy'])})",
         f"right or flagged        {_pct(r['right_or_flagged'])}",
@@ -263,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SEALED),
         help=f"comma-separated sheet_id prefixes never decoded (default: the sealed {','.join(SEALED)}; '' = none)",
     )
+    ap.add_argument("--folds", type=Path, default=None, help="models.finetune folds folder: out-of-fold predictions")
+    ap.add_argument("--sealed", action="store_true", help="with --folds: score the sealed fold (the final evaluation)")
     ap.add_argument("--out", type=Path, default=None, help="write questions.json (rows + report) here")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args(argv)
@@ -277,12 +287,21 @@ def main(argv: list[str] | None = None) -> int:
             raise LabelsError(f"unknown profile {profile!r}; the model has {sorted(cfg.profiles)}")
         items = [it for it in read_labels(args.labels, cfg.classes) if not excluded(it.sheet_id, prefixes)]
         tta = cfg.tta.default if args.tta is None else args.tta
-        rows = question_rows(model, items, tta=tta, profile=profile, max_marks=args.max_marks)
-    except (LabelsError, ModelArtifactError) as exc:
+        if args.sealed and (args.folds is None or prefixes):
+            raise LabelsError("--sealed needs --folds and --exclude-sources '' (the sealed sources must be read)")
+        rows = question_rows(
+            model, items, tta=tta, profile=profile, max_marks=args.max_marks, folds=args.folds, sealed=args.sealed
+        )
+    except (LabelsError, ModelArtifactError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = {**question_report(rows), "model": f"{cfg.name}/{cfg.version}", "tta": tta, "profile": profile}
     report["excluded_sources"] = prefixes
+    report["predictions"] = (
+        "bundled model (trained on real-dev: NOT an estimate)"
+        if args.folds is None
+        else (f"out of fold ({'sealed' if args.sealed else 'tuning'} folds of {args.folds})")
+    )
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "questions.json").write_text(json.dumps({"report": report, "rows": rows}, indent=1))
