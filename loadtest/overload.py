@@ -195,6 +195,8 @@ async def experiment(url: str, svc: server.Service | None, args: argparse.Namesp
         "accepted_p99_vs_idle_p99": over.ok_p99_ms / idle.ok_p99_ms if idle.ok_p99_ms else float("nan"),
         "accepted_p99_within_2x_idle": over.ok_p99_ms <= limit,
         "rejected_fraction": over.rejected_429 / over.sent if over.sent else 0.0,
+        # admission decides early: a 429 should come back well before a 200 (the test keeps counts only)
+        "rejected_p50_vs_ok_p50": over.rejected_p50_ms / over.ok_p50_ms if over.ok_p50_ms else float("nan"),
         "recovery_s": recovery_s(rec, limit),
         "cores_used_during_overload": cores,
         "server_side_p99_ms_by_status": server_p99,
@@ -213,7 +215,8 @@ def markdown(r: dict[str, Any]) -> str:
         ("accepted", f"{o['ok']} of {o['sent']} ({o['ok_per_s']:.1f} req/s)"),
         ("rejected 429", f"{o['rejected_429']} ({100 * r['rejected_fraction']:.0f} %), "
                          f"p50 {o['rejected_p50_ms']:.1f} ms, p99 {o['rejected_p99_ms']:.1f} ms, "
-                         f"{o['retry_after_missing']} without Retry-After"),
+                         f"{o['retry_after_missing']} without Retry-After; "
+                         f"p50 {r['rejected_p50_vs_ok_p50']:.2f}x the accepted p50"),
         ("p99 inside the service, by status (whole run)", ", ".join(
             f"{k}: <= {v:g} ms" for k, v in sorted(r["server_side_p99_ms_by_status"].items())) or "n/a"),
         ("p99 client-side wait for a connection", f"{o['client_wait_p99_ms']:.1f} ms"),

