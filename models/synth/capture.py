@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from models.synth.halftone import halftone_capture
+
 
 def geometry(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Small rotation, shear and scale about the centre (skewed sheets, phone perspective)."""
@@ -56,10 +58,16 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(enc, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0 if ok else img
 
 
-def capture(canvas: np.ndarray, native: int, rng: np.random.Generator) -> np.ndarray:
+#: capture modes and how often each occurs ("halftone": dithered 1-bit scans, see halftone.py)
+MODES = {"scan": 0.36, "photo": 0.42, "bilevel": 0.13, "halftone": 0.09}
+
+
+def capture(canvas: np.ndarray, native: int, rng: np.random.Generator, mode: str | None = None) -> np.ndarray:
     """Float reflectance canvas -> uint8 grayscale crop of side `native` as a scan/photo would give it."""
-    mode = rng.choice(["scan", "photo", "bilevel"], p=[0.4, 0.45, 0.15])
+    mode = mode or str(rng.choice(list(MODES), p=list(MODES.values())))
     img = geometry(canvas, rng)
+    if mode == "halftone":
+        return halftone_capture(img, native, rng)
     if mode == "photo" and rng.random() < 0.25:
         img = _shake(img, rng)
     if mode == "photo" and rng.random() < 0.5:  # optics blur before sampling

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.synth import families as F
 from models.synth import layout as L
 from models.synth import marks as M
+from models.synth import pencil as P
 from models.synth.capture import capture
 
 CANVAS = 96
@@ -44,6 +46,11 @@ def _bubble(rng: np.random.Generator, size: int, shape: str | None = None) -> L.
             rx = ry / aspect
     elif shape == "rounded_rect" and rng.random() < 0.5:
         ry = rx / rng.uniform(1.0, 1.5)
+    elif shape == "square" and rng.random() < 0.3:  # rectangular check boxes, wide (27x18 px) or tall
+        if rng.random() < 0.7:
+            ry = rx / rng.uniform(1.15, 1.8)
+        else:
+            rx = ry / rng.uniform(1.15, 1.8)
     thickness = max(1.0, outer * rng.uniform(0.015, 0.08))
     off = rng.normal(0, 0.04 * size, 2).clip(-0.12 * size, 0.12 * size)
     corner = rng.uniform(0.0, 0.15) if shape == "square" else rng.uniform(0.3, 0.8)
@@ -60,15 +67,24 @@ def _print_tone(rng: np.random.Generator) -> float:
 
 
 def _printed(
-    b: L.Bubble, rng: np.random.Generator, size: int, with_bubble: bool, max_tone: float = 1.0
+    b: L.Bubble,
+    rng: np.random.Generator,
+    size: int,
+    with_bubble: bool,
+    max_tone: float = 1.0,
+    glyph: bool = False,
+    colour: bool = False,
 ) -> tuple[np.ndarray, list[L.Bubble]]:
-    """Alpha x tone of everything printed: (1 - alpha*(1-tone)) is its reflectance factor."""
+    """Alpha x tone of everything printed: (1 - alpha*(1-tone)) is its reflectance factor.
+
+    glyph forces a printed letter/digit inside; colour prints in a coloured ink seen as grey (BT.601 luma).
+    """
     outline = L.new_layer(size)
     inner = L.new_layer(size)
     if with_bubble:
         L.draw_outline(outline, b, rng)
         p_glyph = 0.15 if b.shape == "square" else 0.65
-        if rng.random() < p_glyph:
+        if glyph or rng.random() < p_glyph:
             L.draw_glyph(inner, b, rng)
         elif rng.random() < 0.2:
             L.draw_icon(inner, b, rng)  # printed icons, often light grey (not a mark)
@@ -79,8 +95,8 @@ def _printed(
         L.draw_lines(outline, b, size, rng)
     if b.shape == "square" and rng.random() < 0.15:
         L.draw_arrow(outline, b, rng)
-    tone = min(_print_tone(rng), max_tone)
-    glyph_tone = min(0.9, tone + rng.uniform(0.0, 0.5)) if rng.random() < 0.5 else tone
+    tone = min(F.colour_tone(rng) if colour else _print_tone(rng), max_tone)
+    glyph_tone = min(0.9, max_tone, tone + rng.uniform(0.0, 0.5)) if rng.random() < 0.5 else tone
     factor = (1 - L.to_alpha(outline) * (1 - tone)) * (1 - L.to_alpha(inner) * (1 - glyph_tone))
     return factor, neighbours
 
@@ -89,28 +105,54 @@ def _ink(alpha: np.ndarray, tone: float) -> np.ndarray:
     return 1 - alpha * (1 - tone)
 
 
-def _mark(label: str, b: L.Bubble, rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
-    """Reflectance factor of the respondent's mark and its measured interior coverage."""
+@dataclass
+class _Mark:
+    factor: np.ndarray  # reflectance factor of the respondent's mark
+    coverage: float  # measured interior coverage of its shape
+    max_print_tone: float = 1.0  # print must be at least this dark (HB graphite is lighter than the letter)
+    glyph: bool = False  # force a printed glyph under the mark
+    style: str = ""  # the family's variant, "" for the base renderer
+    instrument: str = ""
+
+
+def _mark(
+    label: str, b: L.Bubble, rng: np.random.Generator, size: int, family: str | None = None, colour: bool = False
+) -> _Mark:
+    """The respondent's mark for `label`, from the base renderer or from a mark family (families.py)."""
     d = b.rx + b.ry
     if label in ("empty", "no_bubble"):
-        return np.ones((size, size), np.float32), 0.0
+        return _Mark(np.ones((size, size), np.float32), 0.0)
     if label == "erased":
+        if family == "erased":  # pencil ID grids: smeared, partly removed residue over the printed digit
+            alpha, strength = P.erased_residue(b, rng, size)
+            alpha = M.texture(alpha, rng.uniform(0.0, 0.3), rng)
+            return _Mark(_ink(alpha, 1 - strength), 0.0, glyph=rng.random() < 0.75, style="residue")
         layer, strength = M.mark_erased(b, rng, size)
         alpha = M.texture(L.to_alpha(layer), rng.uniform(0.2, 0.7), rng)
-        return _ink(alpha, 1 - strength), 0.0
+        return _Mark(_ink(alpha, 1 - strength), 0.0)
     interior = L.interior_mask(b, size)
     lo, hi = M.COVERAGE.get(label, (0.0, 1.0))
     strokes_only = ("pen", "ballpoint", "pencil", "marker")
     ins = M.pick_instrument(rng, d, None if label in ("filled", "partial") else strokes_only)
+    cap, glyph, style = None, False, ""
     for _ in range(12):
-        layer = M.MARKERS[label](b, rng, size, ins)
+        if family:
+            fm = F.draw(family, label, b, rng, size)
+            layer, ins, cap, glyph, style = fm.layer, fm.ins, fm.glyph_max_tone, fm.glyph, fm.style
+        else:
+            layer = M.MARKERS[label](b, rng, size, ins)
         cov = M.coverage(layer, interior)
         if lo <= cov <= hi:
             break
     else:
         raise _Retry
-    alpha = M.texture(L.to_alpha(layer), ins.texture, rng)
-    return _ink(alpha, ins.tone), cov
+    if colour and ins.name != "hb" and rng.random() < 0.35:  # a coloured pen (red fills read light grey)
+        ins.tone = F.colour_tone(rng, ink=True)
+    if ins.name in ("hb", "graphite"):
+        alpha = P.grain(L.to_alpha(layer), ins.texture, rng)
+    else:
+        alpha = M.texture(L.to_alpha(layer), ins.texture, rng)
+    return _Mark(_ink(alpha, ins.tone), cov, 1.0 if cap is None else max(cap, 0.0), glyph, style, ins.name)
 
 
 class _Retry(Exception):
@@ -164,30 +206,47 @@ def _no_bubble_layout(rng: np.random.Generator, size: int) -> tuple[np.ndarray, 
     return factor, 0.0, kind
 
 
-def render_sample(label: str, rng: np.random.Generator, native: int | None = None) -> Sample:
-    """Render one crop of class `label` at a random (or given) native size."""
+def render_sample(label: str, rng: np.random.Generator, native: int | None = None, family: str | None = None) -> Sample:
+    """Render one crop of class `label` at a random (or given) native size.
+
+    family forces one family of families.py (contact sheets, tests); None draws them at their usual rates.
+    info keeps the pre-capture canvas ("canvas", reflectance), the same without the mark ("unmarked"), the
+    bubble interior mask ("interior") and the family, so tests can measure marks on the pixels.
+    """
+    if family is not None and family not in F.FAMILY_LABELS:
+        raise ValueError(f"unknown family {family!r}; one of {F.FAMILIES}")
+    if family and F.FAMILY_LABELS[family] and label not in F.FAMILY_LABELS[family]:
+        raise ValueError(f"family {family!r} draws {F.FAMILY_LABELS[family]}, not {label!r}")
     size = CANVAS
     for _ in range(20):
         try:
             page = L.paper(size, rng)
+            fam = family if family is not None else F.pick(label, rng)
+            mark_fam = fam if fam and F.FAMILY_LABELS[fam] else None
+            colour = fam == "colour" or (family is None and rng.random() < F.P_COLOUR)
             if label == "no_bubble":
                 factor, cov, kind = _no_bubble_layout(rng, size)
-                info: dict[str, object] = {"kind": kind}
+                unmarked = factor
+                info: dict[str, object] = {"kind": kind, "interior": np.zeros((size, size), bool)}
             else:
-                b = _bubble(rng, size)
+                b = _bubble(rng, size, F.shape_for(mark_fam, rng))
+                F.reshape(b, mark_fam, rng)
                 if label == "partial":  # what tells partial from filled is the visible outline around the ink
                     b.thickness = max(b.thickness, (b.rx + b.ry) * 0.06)
-                printed, neighbours = _printed(
-                    b, rng, size, with_bubble=True, max_tone=0.45 if label == "partial" else 1.0
-                )
-                mark, cov = _mark(label, b, rng, size)
-                factor = printed * mark * _neighbour_ink(neighbours, rng, size)
-                info = {"shape": b.shape}
+                mk = _mark(label, b, rng, size, mark_fam, colour)
+                max_tone = min(0.45 if label == "partial" else 1.0, mk.max_print_tone)
+                printed, neighbours = _printed(b, rng, size, True, max_tone, glyph=mk.glyph, colour=colour)
+                unmarked = printed * _neighbour_ink(neighbours, rng, size)
+                factor, cov = unmarked * mk.factor, mk.coverage
+                info = {"shape": b.shape, "interior": L.interior_mask(b, size), "bubble": b}
+                info.update(style=mk.style, instrument=mk.instrument, printed=printed)
             break
         except _Retry:
             continue
     else:
         raise RuntimeError(f"could not render a {label!r} crop")
-    n = native or _native_size(rng)
-    info["native"] = n
-    return Sample(capture(page * factor, n, rng), label, cov, info)
+    small = fam == "pencil" and native is None and rng.random() < 0.5  # 200-dpi pencil sheets: 16-30 px crops
+    n = native or (int(rng.integers(16, 31)) if small else _native_size(rng))
+    mode = "halftone" if fam == "halftone" or (fam == "pencil" and rng.random() < 0.15) else None
+    info.update(native=n, family=fam, capture=mode, paper=page, canvas=page * factor, unmarked=page * unmarked)
+    return Sample(capture(page * factor, n, rng, mode), label, cov, info)

@@ -7,22 +7,30 @@ import pytest
 
 from models.synth import render_dataset, render_sample, sample_crops
 from models.synth.marks import COVERAGE
+from models.synth.measure import mark_darkness, pixel_coverage
 from service.core.taxonomy import CLASSES
+
+#: coverage measured on the pixels may stray a little from the class band (anti-aliased, grainy edges)
+_SLACK = 0.06
 
 
 @pytest.mark.parametrize("label", CLASSES)
 def test_render_sample_each_class_has_intended_coverage(label: str) -> None:
+    """Coverage measured on the rendered canvas pixels (marked vs unmarked), not the renderer's own number."""
     rng = np.random.default_rng(123)
     for _ in range(25):
         s = render_sample(label, rng)
         assert s.label == label
         assert s.image.dtype == np.uint8 and s.image.ndim == 2
         assert 16 <= s.image.shape[0] <= 128 and s.image.shape[0] == s.image.shape[1]
+        cov = pixel_coverage(s)
         if label in COVERAGE:
             lo, hi = COVERAGE[label]
-            assert lo <= s.coverage <= hi, (label, s.coverage)
-        elif label in ("empty", "erased", "no_bubble"):
-            assert s.coverage == 0.0
+            assert lo - _SLACK <= cov <= hi + _SLACK, (label, cov)
+        elif label in ("empty", "no_bubble"):
+            assert mark_darkness(s).max() == 0.0  # no respondent ink at all
+        elif label == "erased":
+            assert np.percentile(mark_darkness(s)[s.info["interior"]], 95) <= 0.3  # only faint residue
 
 
 def test_render_sample_filled_is_darker_than_empty_on_average() -> None:
