@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibration-seed", type=int, default=d.calibration_seed, help="synthetic calibration seed")
     ap.add_argument("--max-batch", type=int, default=d.max_batch, help="the service's max batch (TensorRT opt)")
     ap.add_argument("--tta-default", action="store_true", help="serve with TTA when a request does not say")
+    ap.add_argument("--serving", type=Path, help="review/TTA/sheet settings chosen by models.serving_fit (JSON)")
     ap.add_argument("--no-benchmark", action="store_true", help="skip the fp32 vs INT8 CPU timing")
     ap.add_argument("--threads", type=int, default=d.threads, help="ONNX Runtime threads for the checks (0 = all)")
     ap.add_argument("--force", action="store_true", help="replace an existing <name>/<version>")
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         tta_default=args.tta_default,
         benchmark=not args.no_benchmark,
+        serving=args.serving,
         threads=args.threads,
         force=args.force,
         log=log,

@@ -12,6 +12,7 @@ Order of work (each step must pass before the next; nothing is written until all
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,15 @@ from export import bench, data, parity, variants
 from export.repository import FILES, Built, write_version
 from export.torch_onnx import INPUT_NAME, OUTPUT_NAME, ExportError, to_onnx
 from models.checkpoint import load_checkpoint
-from service.core.modelconfig import InputSpec, ModelConfig, PreprocessSpec, TTASpec, VariantSpec
+from service.core.modelconfig import (
+    InputSpec,
+    ModelConfig,
+    PreprocessSpec,
+    ReviewSpec,
+    SheetSpec,
+    TTASpec,
+    VariantSpec,
+)
 from service.core.taxonomy import DEFAULT_PROFILE, profile_maps
 from service.core.trt_cache import tensorrt_spec
 from service.settings import Settings
@@ -57,6 +66,9 @@ class ExportOptions:
     #: INT8 is offered only if its real-dev binary accuracy is at most this far below fp32's (0.1 point)
     int8_max_binary_drop: float = 0.001
     benchmark: bool = True
+    #: serving decisions chosen on out-of-fold evidence (`models.serving_fit`): a JSON object with optional
+    #: "review", "tta" and "sheet" blocks of the model config; None = the config's defaults
+    serving: Path | None = None
     threads: int = 0
     force: bool = False
     log: Callable[[str], None] = field(default=print)
@@ -248,6 +260,7 @@ def _skeleton(opts, meta, classes, inp, pre, checkpoint: Path) -> ModelConfig:
         "params": meta.get("params"),
         "train_config": meta.get("config", {}),
         "checkpoint_metrics": meta.get("metrics", {}),
+        "serving_evidence": json.loads(opts.serving.read_text()).get("evidence") if opts.serving else None,
     }
     versions = {
         "exporter": "torch.onnx.export(dynamo=True)",
@@ -267,8 +280,22 @@ def _skeleton(opts, meta, classes, inp, pre, checkpoint: Path) -> ModelConfig:
         profiles=profile_maps(classes),
         default_profile=DEFAULT_PROFILE,
         temperature=float(meta.get("temperature", 1.0)),
-        tta=TTASpec(default=opts.tta_default),
+        **_serving(opts),
         variants={"fp32": VariantSpec(file=FILES["fp32"], precision="fp32")},
         training=training,
         versions=versions,
     )
+
+
+def _serving(opts: ExportOptions) -> dict[str, object]:
+    """The review / TTA / sheet blocks: defaults, overridden by the serving JSON (`--tta-default` wins)."""
+    chosen = json.loads(opts.serving.read_text()) if opts.serving is not None else {}
+    unknown = set(chosen) - {"review", "tta", "sheet", "evidence"}
+    if unknown:
+        raise ExportError(f"{opts.serving}: unknown serving block(s) {sorted(unknown)}")
+    tta = {**chosen.get("tta", {}), "default": opts.tta_default or bool(chosen.get("tta", {}).get("default", False))}
+    return {
+        "review": ReviewSpec(**chosen.get("review", {})),
+        "tta": TTASpec(**tta),
+        "sheet": SheetSpec(**chosen.get("sheet", {})),
+    }

@@ -1,13 +1,21 @@
 """Start the real service (`python -m service`) on 127.0.0.1 in a subprocess, wait until ready, stop it.
 
 Used by the benchmark, the locust runner and the slow tests. Extra `OMR_*` settings go in through the
-environment, exactly as an operator would set them. The process's CPU time is readable while it runs, so
-a run can report crops per CPU-second of the service itself (robust when other work shares the machine).
+environment, exactly as an operator would set them (and `args`, its command-line flags).
+
+The port: `python -m service` binds it itself, so a free port is picked first and another process could take it
+in between. Two guards close that race: a child that exits before ready (port taken) is started again on another
+port, and "ready" counts only when the listening socket on that port belongs to our process tree (Linux
+/proc), so a stranger that grabbed the port can never be mistaken for our service.
+
+The process's CPU time is readable while it runs, so a run can report crops per CPU-second of the service itself
+(robust when other work shares the machine).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -16,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,25 +73,87 @@ class Service:
         return ""
 
 
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1:`port` (or any address), from /proc/net/tcp."""
+    want = f":{port:04X}"
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[1].endswith(want) and f[3] == "0A" and f[1].split(":")[0] in ("0100007F", "00000000"):
+                inodes.add(f[9])  # st 0A = LISTEN
+    return inodes
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (Linux /proc children lists)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(c) for c in task.read_text().split())
+    return out
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """Whether the socket listening on `port` is held by `pid` or one of its descendants."""
+    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    for p in _tree(pid):
+        for fd in Path(f"/proc/{p}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return True
+    return False
+
+
+def _addr_in_use(log_path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        text = log_path.read_text(errors="replace")
+        return f"[Errno {errno.EADDRINUSE}]" in text or "address already in use" in text.lower()
+    return False
+
+
 def start(
-    env: Mapping[str, str] | None = None, log_path: Path | None = None, ready_timeout_s: float = 180.0
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    ready_timeout_s: float = 180.0,
+    args: Sequence[str] = (),
+    attempts: int = 5,
 ) -> Service:
-    """Launch `python -m service` on a free 127.0.0.1 port and block until GET /readyz answers 200."""
+    """Launch `python -m service [args]` on a free 127.0.0.1 port and block until GET /readyz answers 200.
+
+    Retried on another port (up to `attempts` times) when the one picked was taken before the child bound it."""
+    for attempt in range(attempts):
+        svc = _start_once(env, log_path, ready_timeout_s, args)
+        if svc is not None:
+            return svc
+        if attempt == attempts - 1:
+            raise RuntimeError(f"service could not bind a free port in {attempts} attempts")
+    raise AssertionError("unreachable")
+
+
+def _start_once(
+    env: Mapping[str, str] | None, log_path: Path | None, ready_timeout_s: float, args: Sequence[str]
+) -> Service | None:
     port = free_port()
     log_path = log_path or Path(f"/tmp/omr-service-{port}.log")
     full_env = {**os.environ, "OMR_LOG_LEVEL": "warning", **(env or {})}
-    cmd = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     svc = Service(proc, port, log_path)
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if _addr_in_use(log_path):
+                return None  # another process took the port first: try another
             raise RuntimeError(f"service exited with {proc.returncode} before ready:\n{svc.log_tail()}")
         with contextlib.suppress(OSError):
-            if _get(f"{svc.url}/readyz") == 200:
+            if _get(f"{svc.url}/readyz") == 200 and owns_port(proc.pid, port):
                 return svc
-        time.sleep(0.2)  # waiting on another process's start-up: nothing to block on but the socket
+        time.sleep(0.2)  # polls another process's readiness (observable state), not a wait for time
     stop(svc)
     raise TimeoutError(f"service not ready within {ready_timeout_s:.0f}s:\n{svc.log_tail()}")
 
@@ -101,8 +171,10 @@ def stop(svc: Service, timeout_s: float = 30.0) -> int:
 
 
 @contextlib.contextmanager
-def running(env: Mapping[str, str] | None = None, log_path: Path | None = None) -> Iterator[Service]:
-    svc = start(env, log_path)
+def running(
+    env: Mapping[str, str] | None = None, log_path: Path | None = None, args: Sequence[str] = ()
+) -> Iterator[Service]:
+    svc = start(env, log_path, args=args)
     try:
         yield svc
     finally:

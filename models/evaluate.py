@@ -31,10 +31,11 @@ from models.labelled import (
     read_labels,
 )
 from models.scoring import metrics
+from service.core.context import combine_views, crop_stats, decide_request
 from service.core.modelconfig import METADATA_KEY, ModelArtifactError, ModelConfig, load_config, verified_model_path
 from service.core.postprocess import Decision, calibrated_probabilities, decide
 from service.core.preprocess import normalize, prepare
-from service.core.tta import expand, reduce
+from service.core.tta import expand
 
 MAX_GRID = 96
 
@@ -121,25 +122,15 @@ def predict(
         probs = calibrated_probabilities(np.asarray(logits, np.float32), cfg.temperature)  # [n*V, C]
         view_probs.append(probs.reshape(len(chunk), len(views), -1))
     vp = np.concatenate(view_probs) if view_probs else np.zeros((0, len(views), len(cfg.classes)), np.float32)
-    mean, agree = reduce(vp.reshape(-1, vp.shape[-1]), len(views))
+    mean, agree = combine_views(vp, cfg, views)
+    stats = crop_stats(x)  # [N, k] on the identity-view rows, as the service computes them in its decode pass
+    sizes = np.array([c.shape[:2] for c in crops], np.float64).reshape(len(x), 2)
     decisions: list[Decision | None] = [None] * len(x)
     for idx in _requests(sheets, len(x)):
-        got = decide_request(mean[idx], x[idx], cfg, profile, agree[idx] if tta else None, vp[idx] if tta else None)
+        got = decide_request(mean[idx], stats[idx], cfg, profile, agree[idx] if tta else None, sizes[idx])
         for i, d in zip(idx.tolist(), got, strict=True):
             decisions[i] = d
     return Predictions(mean, vp, agree if tta else None, [d for d in decisions if d is not None])
-
-
-def decide_request(
-    probs: np.ndarray,
-    rows: np.ndarray,
-    cfg: ModelConfig,
-    profile: str,
-    agree: np.ndarray | None,
-    view_probs: np.ndarray | None,
-) -> list[Decision]:
-    """One request's decisions exactly as the service makes them (placeholder until sheet context lands)."""
-    return decide(probs, cfg, profile, agree)
 
 
 def evaluate_arrays(
