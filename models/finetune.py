@@ -202,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         temperature = fit_temperature(t_oof, t_y)  # calibrated on out-of-fold REAL predictions
         np.save(_oof_path(cfg), t_oof)
         write_confusion(out / "confusion_real_dev_cv.png", t_oof, t_y, classes, "real-dev, out of fold")
-        write_manifest(out / "folds", folds, files, {"temperature": temperature, "sealed": list(sealed),
-                                                      "class_prior": cfg.class_prior})  # fmt: skip
+        extra = {"temperature": temperature, "sealed": list(sealed), "class_prior": cfg.class_prior, "classes": classes}
+        write_manifest(out / "folds", folds, files, extra)
     final = real if cfg.final_includes_sealed else real.subset(tuning)
     model = finetune(base, syn, final.x, final.y, cfg)
     apply_prior(model, log_ratio)
