@@ -20,6 +20,7 @@ from service import __version__
 from service.core.classifier import Classifier
 from service.core.registry import Registry
 from service.core.runtime import SessionFactory, create_session
+from service.grpc import server as grpc_server
 from service.http import classify, errors, health, middleware, v2
 from service.metrics import Metrics
 from service.serve.pod import WorkerSlot
@@ -59,6 +60,10 @@ def create_app(
         app.state.omr = state
         if pod is not None:
             state.join_pod(pod)
+        # gRPC (Open Inference Protocol) beside REST, over the same state; bound first so a taken port fails start-up
+        grpc = await grpc_server.start(state) if settings.grpc_port else None
+        if grpc is not None:
+            state.on_drain.append(lambda: grpc.stop_later(settings.shutdown_delay_s, settings.drain_timeout_s))
         for served in state.registry.all():
             served.batcher.start()
         warm = asyncio.get_running_loop().run_in_executor(state.inference_pool, state.warm)
@@ -66,6 +71,8 @@ def create_app(
             yield
         finally:
             state.start_draining()
+            if grpc is not None:  # refuse new calls, finish those in flight (the batchers still run)
+                await grpc.stop(settings.drain_timeout_s)
             await asyncio.gather(warm, return_exceptions=True)
             for served in state.registry.all():
                 if not await served.batcher.drain(settings.drain_timeout_s):
