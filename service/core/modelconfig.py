@@ -99,6 +99,10 @@ class SheetSpec(_Strict):
     move_to_unmarked: bool = False
     #: crops whose native sides (or aspect ratios) differ by more than this factor are separate groups
     size_ratio: float = Field(1.25, ge=1)
+    #: a group with enough confident unmarked crops but too few confident marked ones (a sheet whose every
+    #: mark is doubtful to the model): a doubtful crop at least this much darker than the unmarked level is
+    #: decided marked. None: such groups keep the model's decisions
+    jump_without_marked: float | None = Field(0.35, gt=0, le=1)
 
 
 class VariantSpec(_Strict):

@@ -109,9 +109,13 @@ def sheet_moves(marked_p: np.ndarray, darkness: np.ndarray, groups: np.ndarray, 
     for g in np.unique(groups):
         in_g = groups == g
         off, on, doubt = darkness[in_g & sure_off], darkness[in_g & sure_on], in_g & doubtful
-        if len(off) < spec.min_reference or len(on) < spec.min_reference or not doubt.any():
+        if len(off) < spec.min_reference or not doubt.any():
             continue
         low = float(np.quantile(off, spec.reference_quantile))
+        if len(on) < spec.min_reference:
+            if spec.jump_without_marked is not None:  # no marked level: only a big jump above the empties
+                moved |= doubt & ~model_marked & (darkness >= low + spec.jump_without_marked)
+            continue
         high = float(np.quantile(on, 1.0 - spec.reference_quantile))
         if high - low < spec.min_gap:
             continue

@@ -98,13 +98,21 @@ def test_http_sheet_context_moves_a_doubtful_blob_and_says_so(url) -> None:
     off = classify(url, {"crops": crops(images), "sheet_context": False})["results"][-1]
     assert off["marked"] is False and off["decided_by"] == "model"
 
+    # no confident marks on the sheet: the blob is still far darker than every empty (jump_without_marked)
+    only_empties = [bubble(None, seed=s) for s in range(6)] + [bubble(**BLOB)]
+    assert classify(url, {"crops": crops(only_empties)})["results"][-1]["decided_by"] == "sheet"
+
 
 def test_http_sheet_context_leaves_uniform_sheets_and_other_sizes_alone(url) -> None:
     blob = bubble(**BLOB)
     all_filled = [bubble(30, seed=s) for s in range(8)] + [blob]
     assert classify(url, {"crops": crops(all_filled)})["results"][-1]["decided_by"] == "model"
-    all_empty = [bubble(None, seed=s) for s in range(8)] + [blob]
-    assert classify(url, {"crops": crops(all_empty)})["results"][-1]["decided_by"] == "model"
+    # empties and faint uniform grey (erasure-like) bubbles the model doubts: nothing becomes marked
+    faint = bubble(185)
+    assert 0.05 < classify(url, {"crops": crops([faint])})["results"][0]["marked_probability"] < 0.5
+    all_empty = [bubble(None, seed=s) for s in range(8)] + [faint, faint]
+    results = classify(url, {"crops": crops(all_empty)})["results"]
+    assert [(r["marked"], r["decided_by"]) for r in results] == [(False, "model")] * 10
     # the references are 48-px bubbles; a 96-px blob is another field of the sheet and is judged alone
     big_blob = cv2.resize(blob, (96, 96), interpolation=cv2.INTER_LINEAR)
     mixed = [bubble(None, seed=s) for s in range(6)] + [bubble(30, seed=s) for s in range(4)] + [big_blob]
