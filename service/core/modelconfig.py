@@ -79,13 +79,15 @@ class SheetSpec(_Strict):
     inner-disc darkness. When at least `min_reference` crops stand on each side and the levels are at
     least `min_gap` apart, a *doubtful* crop (between the two confidence bounds) whose darkness is at or
     above `threshold` of the way from the unmarked level to the marked level is decided marked (and, with
-    `move_to_unmarked`, a doubtful marked crop below it unmarked). Otherwise the model decides alone.
+    `move_to_unmarked`, a doubtful marked crop below it unmarked). With enough confident unmarked crops but
+    too few confident marked ones, only a doubtful crop `jump_without_marked` darker than the unmarked level
+    is decided marked. Otherwise the model decides alone (docs/api.md, "Decision and sheet context").
     """
 
     enabled: bool = True
     confident_unmarked: float = Field(0.05, ge=0, le=0.5)
     confident_marked: float = Field(0.95, ge=0.5, le=1)
-    #: confident crops needed on EACH side in a group before its context is used
+    #: confident crops needed on each side before the two-level rule is used (unmarked side: before any)
     min_reference: int = Field(3, ge=1)
     #: least distance between the unmarked and marked reference darkness levels (darkness runs 0 to 1)
     min_gap: float = Field(0.10, ge=0, le=1)
