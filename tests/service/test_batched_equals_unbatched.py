@@ -80,8 +80,12 @@ def test_classify_concurrent_batched_equals_single_crop(live_server, make_crops,
     got = np.array([[res["probabilities"][c] for c in classes] for resp in responses for res in resp["results"]])
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
     labels = np.array([res["label"] for resp in responses for res in resp["results"]])
-    top2 = np.sort(expected, axis=1)[:, -2:]
+    marked = np.array([res["marked"] for resp in responses for res in resp["results"]])
+    # docs/api.md "Decision and sheet context": the label is the best class on the decided side (ink profile)
+    ink = np.array([load_config(VERSION_DIR).profiles["ink"][c] for c in classes])
+    on_side = np.where(np.where(marked[:, None], ink[None], ~ink[None]), expected, -1.0)
+    top2 = np.sort(on_side, axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 1e-4  # where the top class is not a float-noise tie
-    assert (labels[clear] == np.array(classes)[expected.argmax(1)][clear]).all()
+    assert (labels[clear] == np.array(classes)[on_side.argmax(1)][clear]).all()
     # the batcher really merged requests (otherwise this test would prove nothing)
     assert _histogram_mean(metrics_text, "omr_batch_size_rows") > 8
