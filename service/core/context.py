@@ -9,13 +9,15 @@ Measured == served only if both call exactly these functions with a request (a s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from service.core.modelconfig import ModelConfig
 from service.core.postprocess import Decision, decide
 from service.core.sheet import crop_stats, sheet_moves, size_groups
 
-__all__ = ["combine_views", "crop_stats", "decide_request"]
+__all__ = ["combine_views", "crop_stats", "decide_by_sheet", "decide_request"]
 
 
 def combine_views(view_probs: np.ndarray, config: ModelConfig, views: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,3 +56,36 @@ def decide_request(
         groups = size_groups(sizes, len(probs), config.sheet.size_ratio)
         moved = sheet_moves(marked_p, np.asarray(stats)[:, 0], groups, config.sheet)
     return decide(probs, config, profile, tta_agree, moved)
+
+
+def decide_by_sheet(
+    probs: np.ndarray,
+    stats: np.ndarray | None,
+    config: ModelConfig,
+    profile: str,
+    sheets: Sequence[str | None],
+    tta_agree: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+) -> list[Decision]:
+    """`decide_request` once per sheet, as if each sheet were one request; decisions in input order.
+
+    For evaluating many labelled sheets at once (`models.evaluate`): `sheets[i]` is crop i's sheet id; a crop
+    without one (None) is decided as a request of its own (no context).
+    """
+    out: list[Decision | None] = [None] * len(probs)
+    by_sheet: dict[tuple[str, int], list[int]] = {}
+    for i, sheet in enumerate(sheets):
+        by_sheet.setdefault((sheet, -1) if sheet is not None else ("", i), []).append(i)
+    for idx in by_sheet.values():
+        ix = np.asarray(idx)
+        decisions = decide_request(
+            probs[ix],
+            None if stats is None else stats[ix],
+            config,
+            profile,
+            None if tta_agree is None else tta_agree[ix],
+            None if sizes is None else np.asarray(sizes)[ix],
+        )
+        for i, d in zip(idx, decisions, strict=True):
+            out[i] = d
+    return [d for d in out if d is not None]

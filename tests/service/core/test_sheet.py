@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.core.context import decide_request
+from service.core.context import decide_by_sheet, decide_request
 from service.core.modelconfig import SheetSpec, load_config
 from service.core.sheet import STAT_NAMES, crop_stats, sheet_moves, size_groups
 from service.settings import BUNDLED_REPOSITORY
@@ -193,3 +193,17 @@ def test_decide_request_groups_by_native_size() -> None:
     probs = probs_for([0.01] * 6 + [0.99] * 4 + [0.3])
     sizes = np.array([[20, 20]] * 10 + [[60, 60]])  # the doubtful crop is alone in its size group
     assert decide_request(probs, crop_stats(rows), CONFIG, "ink", sizes=sizes)[-1].marked is False
+
+
+def test_decide_by_sheet_equals_one_request_per_sheet() -> None:
+    rows = np.stack([bubble(None)] * 6 + [bubble(20)] * 4 + [bubble(60)])
+    probs = probs_for([0.01] * 6 + [0.99] * 4 + [0.3])
+    order = np.random.default_rng(5).permutation(2 * len(rows))  # two copies of the sheet, interleaved
+    all_rows, all_probs = np.concatenate([rows, rows])[order], np.concatenate([probs, probs])[order]
+    sheets = np.array(["a"] * len(rows) + ["b"] * len(rows))[order].tolist()
+    got = decide_by_sheet(all_probs, crop_stats(all_rows), CONFIG, "ink", sheets)
+    want = decide_request(probs, crop_stats(rows), CONFIG, "ink")
+    assert [got[k] for k in np.argsort(order)] == want + want
+    assert sum(d.decided_by == "sheet" for d in got) == 2
+    alone = decide_by_sheet(all_probs, crop_stats(all_rows), CONFIG, "ink", [None] * len(all_rows))
+    assert all(d.decided_by == "model" for d in alone)  # no sheet id: each crop is its own request
