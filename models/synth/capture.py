@@ -62,8 +62,15 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 MODES = {"scan": 0.36, "photo": 0.42, "bilevel": 0.13, "halftone": 0.09}
 
 
-def capture(canvas: np.ndarray, native: int, rng: np.random.Generator, mode: str | None = None) -> np.ndarray:
-    """Float reflectance canvas -> uint8 grayscale crop of side `native` as a scan/photo would give it."""
+def capture(
+    canvas: np.ndarray, native: int, rng: np.random.Generator, mode: str | None = None, keep_white: float | None = None
+) -> np.ndarray:
+    """Float reflectance canvas -> uint8 grayscale crop of side `native` as a scan/photo would give it.
+
+    keep_white: a reflectance that a 1-bit scan must threshold to white (the faintest mark the class allows,
+    e.g. erasure residue): without it, the threshold raised for light print could turn residue solid black,
+    and an "erased" crop would look like a fill.
+    """
     mode = mode or str(rng.choice(list(MODES), p=list(MODES.values())))
     img = geometry(canvas, rng)
     if mode == "halftone":
@@ -87,6 +94,8 @@ def capture(canvas: np.ndarray, native: int, rng: np.random.Generator, mode: str
         thr = rng.uniform(0.45, 0.75)
         if paper_level - dark > 0.15:
             thr = max(thr, dark + 0.3 * (paper_level - dark))
+        if keep_white is not None:
+            thr = min(thr, keep_white - 0.03)
         img = (img > thr).astype(np.float32)
         if rng.random() < 0.3:
             speck = rng.random(img.shape) < rng.uniform(0.0, 0.01)

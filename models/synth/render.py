@@ -218,6 +218,7 @@ def render_sample(label: str, rng: np.random.Generator, native: int | None = Non
     if family and F.FAMILY_LABELS[family] and label not in F.FAMILY_LABELS[family]:
         raise ValueError(f"family {family!r} draws {F.FAMILY_LABELS[family]}, not {label!r}")
     size = CANVAS
+    keep_white: float | None = None
     for _ in range(20):
         try:
             page = L.paper(size, rng)
@@ -238,6 +239,8 @@ def render_sample(label: str, rng: np.random.Generator, native: int | None = Non
                 printed, neighbours = _printed(b, rng, size, True, max_tone, glyph=mk.glyph, colour=colour)
                 unmarked = printed * _neighbour_ink(neighbours, rng, size)
                 factor, cov = unmarked * mk.factor, mk.coverage
+                if label == "erased":  # a 1-bit scan drops residue out to white, never to solid black
+                    keep_white = float((page * mk.factor).min())
                 info = {"shape": b.shape, "interior": L.interior_mask(b, size), "bubble": b}
                 info.update(style=mk.style, instrument=mk.instrument, printed=printed)
             break
@@ -249,4 +252,4 @@ def render_sample(label: str, rng: np.random.Generator, native: int | None = Non
     n = native or (int(rng.integers(16, 31)) if small else _native_size(rng))
     mode = "halftone" if fam == "halftone" or (fam == "pencil" and rng.random() < 0.15) else None
     info.update(native=n, family=fam, capture=mode, paper=page, canvas=page * factor, unmarked=page * unmarked)
-    return Sample(capture(page * factor, n, rng, mode), label, cov, info)
+    return Sample(capture(page * factor, n, rng, mode, keep_white), label, cov, info)
