@@ -8,10 +8,14 @@ import base64
 import cv2
 import httpx
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from service.app import create_app
+from service.core.context import crop_stats, decide_request
 from service.core.modelconfig import load_config
+from service.core.postprocess import calibrated_probabilities
+from service.core.preprocess import decode_image, normalize, prepare
 from service.settings import BUNDLED_REPOSITORY, Settings
 
 pytestmark = pytest.mark.integration
@@ -159,3 +163,24 @@ def test_v2_label_and_marked_outputs_match_classify(url) -> None:
     probs = np.array(out["probabilities"]["data"]).reshape(5, len(CONFIG.classes))
     want = np.array([[x["probabilities"][c] for c in CONFIG.classes] for x in ref])
     np.testing.assert_allclose(probs, want, atol=1e-6)
+
+
+def test_http_decisions_equal_decide_request_run_locally(url, make_crops) -> None:
+    """Served == measured: the service's decisions for a sheet equal `decide_request` on the same crops run
+    through the shared preprocessing and ONNX Runtime here (what `models.evaluate` calls per sheet)."""
+    sheet = [bubble(None, seed=s) for s in range(6)] + [bubble(30, seed=s) for s in range(4)] + [bubble(**BLOB)]
+    images = sheet + make_crops(12, seed=4, min_side=20, max_side=60)
+    body = {"crops": crops(images), "profile": "check-correct"}
+    served = classify(url, body)["results"]
+    decoded = [decode_image(base64.b64decode(c["image"])) for c in body["crops"]]
+    rows = prepare(decoded, CONFIG.input)
+    version_dir = BUNDLED_REPOSITORY / "omr-bubble" / "1"
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([CONFIG.output_name], {CONFIG.input.name: normalize(rows, CONFIG.preprocess)})
+    probs = calibrated_probabilities(logits, CONFIG.temperature)
+    sizes = np.array([d.shape for d in decoded])
+    local = decide_request(probs, crop_stats(rows), CONFIG, "check-correct", sizes=sizes)
+    assert [(r["marked"], r["label"], r["decided_by"], r["review_reasons"]) for r in served] == [
+        (d.marked, d.label, d.decided_by, d.review_reasons) for d in local
+    ]
+    assert any(d.decided_by == "sheet" for d in local)  # the sheet context took part
