@@ -1,8 +1,12 @@
-# syntax=docker/dockerfile:1
-#
 # OMR bubble classifier: two runtime images from one file.
 #   docker build --target cpu -t omr-classifier:0.1.0 .       (also the default: `cpu` is the last stage)
 #   docker build --target gpu -t omr-classifier:0.1.0-gpu .
+# No `# syntax=` line on purpose: it makes BuildKit pull a frontend image from a registry, and nothing here needs
+# more than dockerd's built-in frontend. With the base images as build arguments, an air-gapped build farm can
+# build from its own mirror or a locally imported base (docs/deployment.md, "Build without a registry"):
+#   DOCKER_BUILDKIT=1 docker build --network host --build-arg PYTHON_IMAGE=omr-local/python:3.11-bookworm .
+# Reproducible: the runtime dependencies come from requirements/runtime.lock (pinned, hash-checked), not from
+# whatever is newest on PyPI on the day of the build.
 # Both run `python -m service` (FastAPI + ONNX Runtime) on the bundled model repository, as a non-root user,
 # without torch (torch is an export/training dependency only; the service never imports it).
 # See docs/deployment.md for the Helm chart that runs them.
@@ -10,11 +14,11 @@
 # ---------------------------------------------------------------------------------------------------------------
 # Versions. Each one is a build argument so a platform team can bump it without editing the file.
 # ---------------------------------------------------------------------------------------------------------------
-# CPU: the Python the project is developed and tested on (3.11), Debian slim.
+# CPU: any Debian/Ubuntu image with CPython 3.11 as `python` (plus venv + pip), the Python the lock is resolved
+# for. Default: Docker Hub's slim image; tests/deploy/test_image.py uses a debootstrap'd Debian 12 instead.
+# onnxruntime's version is the lock's (make lock), so the CPU image runs the version the test suite runs.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-# onnxruntime for the CPU image: the version the test suite runs against.
-ARG ORT_VERSION=1.32.0
-# GPU: onnxruntime-gpu 1.31.1 (newest on PyPI at the time of writing) is built against CUDA 13 + cuDNN 9 +
+# GPU (CUDA_IMAGE: NVIDIA's registry image or a mirror of it): onnxruntime-gpu 1.31.1 (newest on PyPI at the time of writing) is built against CUDA 13 + cuDNN 9 +
 # TensorRT 10. Verified from the wheel itself, not from a table:
 #   readelf -d onnxruntime/capi/libonnxruntime_providers_tensorrt.so | grep NEEDED
 #   -> libcudart.so.13 libcublas.so.13 libcudnn.so.9 libnvinfer.so.10 libnvonnxparser.so.10
@@ -48,10 +52,11 @@ RUN apt-get update \
 RUN python3.12 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml .
-# onnxruntime and onnxruntime-gpu share the import name `onnxruntime`: install every other dependency, then
+COPY requirements/runtime.lock .
+# onnxruntime and onnxruntime-gpu share the import name `onnxruntime`: every other locked dependency at its
+# locked version (hashes dropped: onnxruntime-gpu and the TensorRT libraries are not in the lock), then
 # onnxruntime-gpu in its place (the project's `gpu` extra), then the TensorRT libraries it dlopens.
-RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml','rb'))['project']['dependencies'] if not d.startswith('onnxruntime')))" \
+RUN python -c "import re; print('\n'.join(p for p in re.findall(r'^([A-Za-z0-9._-]+==[^ ;]+)', open('runtime.lock').read(), re.M) if not p.startswith('onnxruntime')))" \
         > requirements.txt \
  && { echo "onnxruntime-gpu==${ORT_GPU_VERSION}"; echo "tensorrt-cu13-libs==${TENSORRT_VERSION}"; } >> requirements.txt \
  && pip install --extra-index-url "${NVIDIA_PIP_INDEX}" -r requirements.txt \
@@ -106,19 +111,17 @@ ENTRYPOINT ["python", "-m", "service"]
 # cpu-build: a virtual environment with the runtime dependencies only (no compiler needed: all are wheels).
 # ===============================================================================================================
 FROM ${PYTHON_IMAGE} AS cpu-build
-ARG ORT_VERSION
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# Dependencies in their own layer, keyed on pyproject.toml only, so code edits do not reinstall them.
-# The list is read from [project].dependencies (the service's runtime set; torch is not in it) so it
-# cannot drift from pyproject; onnxruntime is pinned to ORT_VERSION on top.
-COPY pyproject.toml .
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" \
-        > requirements.txt \
- && echo "onnxruntime==${ORT_VERSION}" > constraints.txt \
- && pip install -r requirements.txt -c constraints.txt \
+# Dependencies in their own layer, keyed on the lock only, so code edits do not reinstall them. The lock is
+# [project].dependencies resolved with hashes (the service's runtime set; torch is not in it; `make lock`):
+# --require-hashes refuses any file whose hash differs, --no-deps anything the lock does not name, and
+# `pip check` fails the build if the locked set is inconsistent.
+COPY requirements/runtime.lock .
+RUN pip install --require-hashes --no-deps -r runtime.lock \
+ && pip check \
  && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
 # ===============================================================================================================

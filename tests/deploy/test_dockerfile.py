@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_dependencies_before_code_and_no_torch(dockerfile: str, build: str) -> N
     ins = stages(dockerfile)[build]
     order = [(i, a) for i, a in ins if i in ("COPY", "RUN")]
     first_copy = next(n for n, (i, _) in enumerate(order) if i == "COPY")
-    assert order[first_copy][1] == "pyproject.toml .", "only pyproject.toml before the dependency install"
+    assert order[first_copy][1] == "requirements/runtime.lock .", "only the lock before the dependency install"
     assert any(i == "RUN" and "pip install" in a for i, a in order[first_copy:])
     assert not any(i == "COPY" and a.startswith("service") for i, a in ins), "no code in the dependency stage"
     assert "torch" not in " ".join(a for i, a in ins if i == "RUN" and "pip install" in a).replace(
@@ -148,8 +149,35 @@ def test_dockerignore_keeps_context_minimal() -> None:
                 keep = negate
         return keep
 
-    for p in ["pyproject.toml", "service/app.py", "models/repository/omr-bubble/1/model.onnx"]:
+    for p in ["requirements/runtime.lock", "service/app.py", "models/repository/omr-bubble/1/model.onnx"]:
         assert included(p), p
-    for p in [".venv/bin/python", ".git/HEAD", "runs/x.ckpt", "tests/conftest.py", "models/net.py",
+    for p in [".venv/bin/python", ".git/HEAD", "runs/x.ckpt", "tests/conftest.py", "models/net.py", "pyproject.toml",
               "service/__pycache__/app.cpython-311.pyc", ".env"]:  # fmt: skip
         assert not included(p), p
+
+
+def test_builds_without_a_registry_frontend(dockerfile: str) -> None:
+    """No `# syntax=` directive (BuildKit would pull a frontend image from a registry), and every FROM is a
+    build argument or an earlier stage, so an air-gapped farm can point them at its own base images."""
+    directives = []  # parser directives: `# key=value` lines at the very top, before anything else
+    for line in dockerfile.splitlines():
+        m = re.fullmatch(r"#\s*([a-zA-Z]+)\s*=.*", line.strip())
+        if not m:
+            break
+        directives.append(m[1].lower())
+    assert "syntax" not in directives, directives
+    names: set[str] = set()
+    for ins, args in instructions(dockerfile):
+        if ins == "FROM":
+            image = args.split()[0]
+            assert image.startswith("${") or image in names, f"FROM {image}: not a build argument nor a stage"
+            names.add(args.split()[-1])
+
+
+def test_cpu_build_installs_the_hashed_lock(dockerfile: str) -> None:
+    """Reproducible: the CPU image installs requirements/runtime.lock with --require-hashes and --no-deps (not
+    whatever is newest on PyPI), and `pip check` verifies the set; the GPU build takes the same pins."""
+    cpu = " ".join(a for i, a in stages(dockerfile)["cpu-build"] if i == "RUN")
+    assert "pip install --require-hashes --no-deps -r runtime.lock" in cpu and "pip check" in cpu
+    gpu = " ".join(a for i, a in stages(dockerfile)["gpu-build"] if i == "RUN")
+    assert "runtime.lock" in gpu
