@@ -102,6 +102,8 @@ COPY models/repository/ models/repository/
 RUN mkdir -p /var/cache/omr-trt && chown 10001:10001 /var/cache/omr-trt
 USER 10001:10001
 EXPOSE 8000
+# gRPC: the Open Inference Protocol's GRPCInferenceService (OMR_GRPC_PORT, 0 = off; docs/api.md)
+EXPOSE 8001
 # start-period is longer than on CPU: the first start builds TensorRT engines (minutes, once per GPU model).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=600s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OMR_PORT', '8000'), timeout=2)"]
@@ -145,6 +147,8 @@ COPY service/ service/
 COPY models/repository/ models/repository/
 USER 10001:10001
 EXPOSE 8000
+# gRPC: the Open Inference Protocol's GRPCInferenceService (OMR_GRPC_PORT, 0 = off; docs/api.md)
+EXPOSE 8001
 # Live endpoint only (not /readyz): Docker restarts on liveness, and warm-up must not count as a failure.
 # Python instead of curl: the slim image has no curl, and one fewer binary is one fewer CVE.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
