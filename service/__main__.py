@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.core.runtime import SessionFactory, create_session
+from service.http import frontdoor
 from service.serve import supervisor
 from service.serve.cpus import resolve_workers
 from service.serve.pod import WorkerSlot
@@ -124,6 +125,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=int(settings.drain_timeout_s + 0.999),
         access_log=False,  # per-request logs at thousands of requests/s cost more than they tell; see /metrics
         lifespan="on",
+        **frontdoor.uvicorn_kwargs(settings),  # header/body/connection limits (docs/reliability.md, hostile clients)
     )
 
 

@@ -21,7 +21,7 @@ from service.core.classifier import Classifier
 from service.core.registry import Registry
 from service.core.runtime import SessionFactory, create_session
 from service.grpc import server as grpc_server
-from service.http import classify, errors, health, middleware, v2
+from service.http import classify, docs, errors, health, limits, middleware, v2
 from service.metrics import Metrics
 from service.serve.pod import WorkerSlot
 from service.settings import Settings
@@ -86,9 +86,15 @@ def create_app(
         version=__version__,
         description="Classifies optical-mark-recognition bubble crops with an ONNX model (see docs/api.md).",
         lifespan=lifespan,
+        openapi_url=None,  # service.http.docs serves it, behind the token when one is set; no CDN UI by default
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(limits.BodyBudget, max_buffered_bytes=settings.max_buffered_bytes,
+                       max_body_bytes=settings.max_body_bytes)  # fmt: skip
     app.add_middleware(middleware.RequestMetrics)
     errors.install(app)
+    app.include_router(docs.router(app.title, settings.docs_ui))
     app.include_router(classify.router)
     app.include_router(health.health)
     app.include_router(health.metrics)

@@ -7,6 +7,7 @@
     │   └── UnknownProfile       400  unknown_profile
     ├── Unauthorized             401  unauthorized        no detail, WWW-Authenticate: Bearer
     ├── ModelNotFound            404  model_not_found
+    ├── RequestTimeout           408  request_timeout     the body did not arrive within the deadline; closes
     ├── PayloadTooLarge          413  payload_too_large   body or crop-count limit (checked before decoding)
     ├── UnsupportedMediaType     415  unsupported_media_type
     ├── Overloaded               429  overloaded          Retry-After; decided at admission, before queueing
@@ -21,6 +22,14 @@ Open Inference Protocol (V2) requires, so tritonclient shows the message unchang
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+
+def clip(value: object, limit: int = 64) -> str:
+    """A client-supplied value for an error message: quoted, and cut to `limit` characters (never echoed whole)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class ServiceError(Exception):
@@ -88,9 +97,22 @@ class ModelNotFound(ServiceError):
     code = "model_not_found"
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its body within the request deadline (the front door has its own 408s)."""
+
+    status = 408
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still be on its way: do not parse it as a request
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the body was not read: the front door drains it briefly, then closes
 
 
 class UnsupportedMediaType(ServiceError):

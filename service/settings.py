@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
     max_crops_per_request: int = Field(4096, ge=1, description="Most crops in one request.")
 
+    # --- front door (per worker; see service/http/frontdoor.py and docs/reliability.md "hostile clients") ---
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024, description="Largest request head; 431.")
+    max_headers: int = Field(100, ge=8, le=1000, description="Most header fields in one request; 431.")
+    head_timeout_s: float = Field(10.0, gt=0, le=300, description="Time to receive a request head; then 408.")
+    body_timeout_s: float = Field(10.0, gt=0, le=600, description="Time to receive a body after its head; 408.")
+    max_connections: int = Field(512, ge=1, le=65536, description="Open connections per worker; beyond: 503.")
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Request-body bytes held at once across all connections of a worker; beyond it 503 + "
+        "Retry-After. Worst case per worker ~ this x 3 (body, parsed JSON, decoded bytes) + connections x 100 KiB.",
+    )
+    docs_ui: bool = Field(False, description="Serve /docs and /redoc (Swagger UI/ReDoc load assets from a CDN).")
+
     # --- security ---
     auth_token: SecretStr | None = Field(None, description="Bearer token for classify/infer; None = open.")
     auth_token_file: Path | None = Field(None, description="File holding the bearer token (k8s secret).")

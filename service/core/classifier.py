@@ -26,7 +26,8 @@ from service.core.modelconfig import InputSpec
 from service.core.postprocess import Decision
 from service.core.preprocess import CropError, decode_image, prepare_raw, resize
 from service.core.registry import Registry, ServedModel
-from service.errors import DeadlineExceeded, InvalidCrops, PayloadTooLarge, UnknownProfile
+from service.core.sniff import sniff
+from service.errors import DeadlineExceeded, InvalidCrops, PayloadTooLarge, UnknownProfile, clip
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -56,8 +57,28 @@ class _SheetArgs:
     sizes: np.ndarray | None  # int [N, 2] (height, width), or None: one group
 
 
-#: requests with at most this many encoded crops are decoded on the event loop, not in the executor
+#: requests with at most this many encoded crops may be decoded on the event loop, not in the executor ...
 INLINE_DECODE_MAX = 4
+#: ... when each crop's header proves it small and simple (PNG, BMP, baseline JPEG; no tiles, scans, frames)
+INLINE_MAX_BYTES = 16 * 1024
+INLINE_MAX_PIXELS = 256 * 256
+
+
+def _inline_safe(images: Sequence[str | bytes], b64: bool) -> bool:
+    """True when decoding these crops costs microseconds whatever their bytes say (see INLINE_DECODE_MAX)."""
+    if len(images) > INLINE_DECODE_MAX:
+        return False
+    for item in images:
+        if len(item) > (INLINE_MAX_BYTES * 4 // 3 + 4 if b64 else INLINE_MAX_BYTES):
+            return False
+        try:
+            data = base64.b64decode(item, validate=True) if b64 else item
+            header = sniff(data if isinstance(data, bytes) else data.encode())
+        except (binascii.Error, ValueError):
+            continue  # refused from its first bytes, wherever it is decoded: cheap here too
+        if not header.simple or header.width * header.height > INLINE_MAX_PIXELS:
+            return False
+    return True
 
 
 class WorkClock:
@@ -90,6 +111,7 @@ def _decode_chunk(
     b64: bool,
     inp: InputSpec,
     sizes: np.ndarray | None = None,
+    deadline: float = math.inf,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Executor thread: decode crops [start, start+len) to model-size uint8 rows; collect every bad crop.
 
@@ -97,18 +119,22 @@ def _decode_chunk(
     context groups by.
 
     Each crop is resized as soon as it is decoded, so memory stays N x H x W at model size however large the
-    crops are (4,096 highly compressible 512 x 512 PNGs would otherwise be 1 GiB of pixels).
+    crops are (4,096 highly compressible 512 x 512 PNGs would otherwise be 1 GiB of pixels). The deadline is
+    checked between crops: a request past it stops decoding (504) instead of holding the thread.
     """
     out = np.empty((len(images), inp.height, inp.width), np.uint8)
     errors: list[dict[str, Any]] = []
     for offset, item in enumerate(images):
         i = start + offset
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"the request timed out while its crops were decoded (at crop {i})")
         try:
             if b64:
                 try:
                     data = base64.b64decode(item, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise CropError("invalid_base64", f"image is not valid standard base64 ({exc})") from exc
+                except (binascii.Error, ValueError):
+                    raise CropError("invalid_base64", "image is not valid standard base64 (RFC 4648, padded, "
+                                    "no whitespace)") from None  # fmt: skip
             else:
                 data = item if isinstance(item, bytes) else item.encode()
             if not errors:  # after the first bad crop, only validate: no more pixels needed
@@ -136,7 +162,7 @@ class Classifier:
         served = self.registry.get(model, version)
         profile = profile or served.config.default_profile
         if profile not in served.config.profiles:
-            raise UnknownProfile(f"unknown profile {profile!r}; known: {sorted(served.config.profiles)}")
+            raise UnknownProfile(f"unknown profile {clip(profile)}; known: {sorted(served.config.profiles)}")
         return served, profile
 
     def _tta_on(self, served: ServedModel, requested: bool | None) -> bool:
@@ -178,10 +204,10 @@ class Classifier:
         sizes = np.zeros((len(images), 2), np.int64)  # native (height, width), filled by the decode
 
         async def decode(clock: WorkClock) -> np.ndarray:
-            if len(images) <= INLINE_DECODE_MAX:
-                # a few crops decode in ~50 us each: cheaper on the loop than queueing behind other
+            if _inline_safe(images, base64_encoded):
+                # a few small crops decode in ~50 us each: cheaper on the loop than queueing behind other
                 # requests' chunks in the preprocessing executor (measured: docs/performance.md, note 2)
-                results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp, sizes)]
+                results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp, sizes, deadline)]
             else:
                 loop = asyncio.get_running_loop()
                 chunk = max(64, math.ceil(len(images) / self.settings.preprocess_threads))
@@ -196,10 +222,16 @@ class Classifier:
                         base64_encoded,
                         inp,
                         sizes[s : s + chunk],  # a view: the worker writes into `sizes`
+                        deadline,
                     )
                     for s in range(0, len(images), chunk)
                 ]
-                results = await asyncio.gather(*jobs)
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+            late = [r for r in results if isinstance(r, BaseException)]
+            if late:  # past the deadline between two crops (anything else is a bug: re-raised as is)
+                if isinstance(late[0], DeadlineExceeded):
+                    self.metrics.rejections.labels("timeout").inc()
+                raise late[0]
             errors = [e for _, errs in results for e in errs]
             if errors:
                 self.metrics.rejections.labels("invalid_crop").inc()

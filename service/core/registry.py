@@ -19,7 +19,7 @@ from service.core.modelconfig import ModelArtifactError, ModelConfig, list_versi
 from service.core.postprocess import calibrated_probabilities
 from service.core.preprocess import normalize
 from service.core.runtime import Session, SessionFactory, active_provider, available_providers
-from service.errors import ModelNotFound
+from service.errors import ModelNotFound, clip
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -133,11 +133,11 @@ class Registry:
         name = name or self.default_model
         versions = self.models.get(name)
         if not versions:
-            raise ModelNotFound(f"unknown model {name!r}; served: {sorted(self.models)}")
+            raise ModelNotFound(f"unknown model {clip(name)}; served: {sorted(self.models)}")
         if version is None:
             version = self.default_version if name == self.default_model and self.default_version else None
         if version is None:
             version = list(versions)[-1]  # list_versions order: highest last
         if version not in versions:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; served: {list(versions)}")
+            raise ModelNotFound(f"model {clip(name)} has no version {clip(version)}; served: {list(versions)}")
         return versions[version]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from service.core.classifier import Classification
 from service.core.preprocess import CropError, check_side
 from service.core.questions import QuestionResult, decide_questions, plan_questions
-from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType
+from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType, clip
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response
 from service.http.schemas import ClassifyRequest, ClassifyResponse, error_responses
@@ -86,12 +86,12 @@ def _validation_message(exc: ValidationError) -> tuple[str, list[dict[str, Any]]
 def _shape(request: Request, n: int | None, h: int | None, w: int | None) -> tuple[int, int, int]:
     header = request.headers.get("x-crop-shape")
     if header is not None:
-        try:
-            parts = [int(p) for p in header.split(",")]
-        except ValueError:
-            parts = []
+        # strict decimal digits (an optional '-' so a negative one is named as such): int() would take "1_0"
+        fields = [p.strip() for p in header.split(",")]
+        ok = all(f.removeprefix("-").isascii() and f.removeprefix("-").isdigit() for f in fields)
+        parts = [int(f) for f in fields] if ok else []
         if len(parts) != 3:
-            raise BadRequest(f"X-Crop-Shape must be 'N,H,W' (three integers), got {header!r}")
+            raise BadRequest(f"X-Crop-Shape must be 'N,H,W' (three integers), got {clip(header, 40)}")
         n, h, w = parts
     if n is None or h is None or w is None:
         raise BadRequest("raw tensors need their shape: header X-Crop-Shape: N,H,W or query parameters n, h, w")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
-from service.errors import PayloadTooLarge, Unauthorized, Unavailable
+from service.errors import PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable
 from service.state import AppState
 
 T = TypeVar("T")
@@ -58,30 +59,31 @@ async def require_auth_metrics(request: Request, state: State) -> None:
         _check_token(request, state.token)
 
 
-async def read_body(request: Request, state: AppState) -> bytes:
+async def read_body(request: Request, state: AppState, deadline: float | None = None) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `OMR_MAX_BODY_BYTES`.
 
     Content-Length is checked before reading anything; the stream is counted too (chunked uploads, lying
-    headers), so an oversized body is never held in memory whole.
+    headers), so an oversized body is never held in memory whole. The request's deadline (a monotonic time)
+    covers the read: a body still arriving then is a 408 (the front door's `body_timeout_s` is the backstop).
     """
     limit = state.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            size = -1
-        if size > limit:
-            state.metrics.rejections.labels("body_too_large").inc()
-            raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit}")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        state.metrics.rejections.labels("body_too_large").inc()
+        raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            state.metrics.rejections.labels("body_too_large").inc()
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    state.metrics.rejections.labels("body_too_large").inc()
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        state.metrics.rejections.labels("body_timeout").inc()
+        raise RequestTimeout(f"the request body was not received within the deadline ({total} bytes came)") from None
     return b"".join(chunks)
 
 

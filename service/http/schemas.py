@@ -31,9 +31,13 @@ class ClassifyRequest(_Strict):
         min_length=1, description="Crops to classify; each side 8-512 px, resized per the model config."
     )
     tta: bool | None = Field(None, description="Test-time augmentation; default from settings/model config.")
-    profile: str | None = Field(None, description="Which classes count as marked (e.g. ink, fill, check-correct).")
-    model: str | None = Field(None, description="Model name; default OMR_DEFAULT_MODEL.")
-    version: str | None = Field(None, description="Model version; default the configured or highest one.")
+    profile: str | None = Field(
+        None, max_length=64, description="Which classes count as marked (e.g. ink, fill, check-correct)."
+    )
+    model: str | None = Field(None, max_length=128, description="Model name; default OMR_DEFAULT_MODEL.")
+    version: str | None = Field(
+        None, max_length=64, description="Model version; default the configured or highest one."
+    )
     sheet: str | None = Field(
         None, max_length=256, description="Names the sheet these crops come from (a request is one sheet); echoed."
     )

@@ -13,7 +13,7 @@ follows it in input order.
 
 from __future__ import annotations
 
-import math
+import asyncio
 import struct
 import time
 from typing import Any
@@ -25,12 +25,12 @@ from fastapi import APIRouter, Depends, Request, Response
 from service import __version__
 from service.core.classifier import Classification
 from service.core.registry import ServedModel
-from service.errors import BadRequest
+from service.http import v2_request
 from service.http.deps import State, read_body, require_auth, require_auth_health, require_warm, until_disconnect
 from service.http.errors import json_response
 from service.http.schemas import error_responses
+from service.http.v2_request import HEADER, V2Request
 
-HEADER = "Inference-Header-Content-Length"
 health = APIRouter(
     prefix="/v2",
     dependencies=[Depends(require_auth_health)],
@@ -105,76 +105,6 @@ async def model_version_ready(name: str, version: str, state: State) -> Response
     return _model_ready(state, name, version)
 
 
-def _split_bytes(blob: bytes, count: int) -> list[bytes]:
-    """The protocol's BYTES serialisation: each element is a uint32 little-endian length, then the bytes."""
-    out, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise BadRequest("BYTES tensor data is truncated (length prefix)")
-        (size,) = struct.unpack_from("<I", blob, pos)
-        pos += 4
-        if pos + size > len(blob):
-            raise BadRequest("BYTES tensor data is truncated (element)")
-        out.append(blob[pos : pos + size])
-        pos += size
-    if len(out) != count:
-        raise BadRequest(f"BYTES tensor has {len(out)} elements; its shape says {count}")
-    return out
-
-
-def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    if header_length is not None:
-        try:
-            size = int(header_length)
-        except ValueError:
-            raise BadRequest(f"{HEADER} must be an integer") from None
-        if not 0 < size <= len(body):
-            raise BadRequest(f"{HEADER} {size} does not fit a body of {len(body)} bytes")
-        head, binary = body[:size], body[size:]
-    else:
-        head, binary = body, b""
-    try:
-        req = orjson.loads(head)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"inference header is not valid JSON: {exc}") from None
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
-        raise BadRequest("the request must have exactly one input: IMAGE (BYTES [N]) or PIXELS (UINT8 [N,H,W])")
-    return req, binary
-
-
-def _input_tensor(inp: Any, binary: bytes) -> tuple[str, list[bytes] | list[str] | np.ndarray]:
-    if not isinstance(inp, dict):
-        raise BadRequest("an input must be a JSON object")
-    datatype, shape = inp.get("datatype"), inp.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BadRequest("input shape must be a list of non-negative integers")
-    params = inp.get("parameters") or {}
-    count = math.prod(shape) if shape else 0  # python ints: no overflow on absurd shapes
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
-    if size is not None and (not isinstance(size, int) or size < 0 or size > len(binary)):
-        raise BadRequest("binary_data_size does not match the binary data sent")
-    data = binary[:size] if size is not None else inp.get("data")
-    if datatype == "BYTES" and len(shape) == 1:
-        if size is not None:
-            return "bytes", _split_bytes(data, count)
-        if not isinstance(data, list) or len(data) != count or not all(isinstance(x, str) for x in data):
-            raise BadRequest("IMAGE data must be a list of base64 strings matching its shape")
-        return "base64", data
-    if datatype == "UINT8" and len(shape) == 3:
-        if size is not None:
-            if len(data) != count:
-                raise BadRequest(f"UINT8 input has {len(data)} bytes; shape {shape} needs {count}")
-            return "pixels", np.frombuffer(data, np.uint8).reshape(shape)
-        try:
-            arr = np.asarray(data, dtype=np.int64).reshape(shape)
-        except (ValueError, TypeError):
-            raise BadRequest(f"UINT8 data does not match shape {shape}") from None
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise BadRequest("UINT8 data must be integers 0-255")
-        return "pixels", arr.astype(np.uint8)
-    raise BadRequest(f"unsupported input {datatype} {shape}: use IMAGE BYTES [N] or PIXELS UINT8 [N,H,W]")
-
-
 def _outputs(c: Classification) -> dict[str, tuple[str, list[int], np.ndarray | list[str]]]:
     labels = [d.label for d in c.decisions]
     return {
@@ -184,19 +114,11 @@ def _outputs(c: Classification) -> dict[str, tuple[str, list[int], np.ndarray | 
     }
 
 
-def _encode(req: dict[str, Any], served: ServedModel, c: Classification) -> Response:
+def _encode(req: V2Request, served: ServedModel, c: Classification) -> Response:
     tensors = _outputs(c)
-    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
-    all_binary = bool(params.get("binary_data_output", False))
-    wanted = req.get("outputs")
-    if isinstance(wanted, list) and wanted:
-        names = [(o.get("name"), bool((o.get("parameters") or {}).get("binary_data", all_binary))) for o in wanted]
-    else:
-        names = [(name, all_binary) for name in tensors]
+    names = req.outputs  # validated before inference: only known names, typed parameters
     outputs, blobs = [], []
     for name, binary in names:
-        if name not in tensors:
-            raise BadRequest(f"unknown output {name!r}; outputs: {sorted(tensors)}")
         datatype, shape, value = tensors[name]
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
@@ -211,8 +133,8 @@ def _encode(req: dict[str, Any], served: ServedModel, c: Classification) -> Resp
             out["data"] = value.ravel().tolist() if isinstance(value, np.ndarray) else value
         outputs.append(out)
     head = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
-    if "id" in req:
-        head["id"] = req["id"]
+    if req.id is not None:
+        head["id"] = req.id
     head_bytes = orjson.dumps(head)
     if not blobs:
         return Response(head_bytes, media_type="application/json")
@@ -223,26 +145,30 @@ def _encode(req: dict[str, Any], served: ServedModel, c: Classification) -> Resp
     )
 
 
+#: JSON headers larger than this are parsed in a worker thread (orjson holds the GIL, so the real bound on
+#: the loop's stall is `v2_request.JSON_MAX_VALUES`; the thread keeps the loop's own callbacks flowing)
+_PARSE_INLINE_MAX = 1 << 20
+
+
 async def _infer(request: Request, state: State, name: str, version: str | None) -> Response:
     deadline = time.monotonic() + state.settings.request_timeout_s
     served = state.registry.get(name, version)
-    body = await read_body(request, state)
-    req, binary = _parse(body, request.headers.get(HEADER.lower()))
-    kind, data = _input_tensor(req["inputs"][0], binary)
-    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
-    tta, profile = params.get("tta"), params.get("profile")
-    if tta is not None and not isinstance(tta, bool):
-        raise BadRequest("parameter 'tta' must be a boolean")
-    if profile is not None and not isinstance(profile, str):
-        raise BadRequest("parameter 'profile' must be a string")
-    common: dict[str, Any] = {"deadline": deadline, "model": served.name, "version": served.version,
-                              "profile": profile, "tta_requested": tta}  # fmt: skip
-    if kind == "pixels":
-        assert isinstance(data, np.ndarray)
-        result = await until_disconnect(request, state, state.classifier.classify_raw(data, None, **common))
+    body = await read_body(request, state, deadline)
+    head, binary = v2_request.split_head(body, request.headers.get(HEADER.lower()))
+    if len(head) > _PARSE_INLINE_MAX:
+        parsed = await asyncio.to_thread(v2_request.loads, head)
     else:
-        assert isinstance(data, list)
-        work = state.classifier.classify_encoded(data, None, base64_encoded=kind == "base64", **common)
+        parsed = v2_request.loads(head)
+    req = v2_request.decode(parsed, binary, state.classifier.check_count)
+    del body, head, parsed  # the request's bytes are not needed past here
+    common: dict[str, Any] = {"deadline": deadline, "model": served.name, "version": served.version,
+                              "profile": req.profile, "tta_requested": req.tta}  # fmt: skip
+    if req.kind == "pixels":
+        assert isinstance(req.data, np.ndarray)
+        result = await until_disconnect(request, state, state.classifier.classify_raw(req.data, None, **common))
+    else:
+        assert isinstance(req.data, list)
+        work = state.classifier.classify_encoded(req.data, None, base64_encoded=req.kind == "base64", **common)
         result = await until_disconnect(request, state, work)
     return _encode(req, served, result)
 
