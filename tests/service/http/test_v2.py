@@ -18,12 +18,20 @@ pytestmark = pytest.mark.integration
 MODEL = "omr-bubble"
 
 
-def _classify(url: str, images: list[bytes]) -> np.ndarray:
-    body = {"crops": [{"image": base64.b64encode(b).decode()} for b in images]}
-    r = httpx.post(f"{url}/classify", json=body, timeout=10)
+def _probs(r: httpx.Response) -> np.ndarray:
     assert r.status_code == 200, r.text
     classes = r.json()["results"][0]["probabilities"].keys()
     return np.array([[res["probabilities"][c] for c in classes] for res in r.json()["results"]])
+
+
+def _classify(url: str, images: list[bytes], **extra: object) -> np.ndarray:
+    body = {"crops": [{"image": base64.b64encode(b).decode()} for b in images], **extra}
+    return _probs(httpx.post(f"{url}/classify", json=body, timeout=10))
+
+
+def _classify_raw(url: str, pixels: np.ndarray) -> np.ndarray:
+    headers = {"content-type": "application/octet-stream", "x-crop-shape": ",".join(map(str, pixels.shape))}
+    return _probs(httpx.post(f"{url}/classify", content=pixels.tobytes(), headers=headers, timeout=10))
 
 
 def test_infer_tritonclient_binary_and_json(live_server, make_crops, encode_image) -> None:
@@ -57,7 +65,8 @@ def test_infer_tritonclient_binary_and_json(live_server, make_crops, encode_imag
         inp.set_data_from_numpy(pixels, binary_data=False)
         outs = [triton.InferRequestedOutput("probabilities", binary_data=False)]
         result = client.infer(MODEL, [inp], model_version="1", outputs=outs)
-        assert result.as_numpy("probabilities").shape == (6, 8)
+        np.testing.assert_allclose(result.as_numpy("probabilities"), _classify_raw(url, pixels), atol=1e-6)
+        assert not np.allclose(_classify_raw(url, pixels), expected, atol=1e-3)  # really other input than IMAGE
 
         # encoded images as base64 strings in JSON (JSON cannot carry raw bytes)
         inp = triton.InferInput("IMAGE", [len(encoded)], "BYTES")
@@ -67,7 +76,12 @@ def test_infer_tritonclient_binary_and_json(live_server, make_crops, encode_imag
 
         # request parameters: TTA on and another profile, through the client's `parameters`
         result = client.infer(MODEL, [inp], parameters={"tta": True, "profile": "fill"})
-        assert result.as_numpy("probabilities").shape == (6, 8)
+        with_tta = _classify(url, encoded, tta=True, profile="fill")
+        np.testing.assert_allclose(result.as_numpy("probabilities"), with_tta, atol=1e-6)
+        assert not np.allclose(with_tta, expected, atol=1e-4)  # TTA really changed the answer
+        fill = httpx.post(f"{url}/classify", json={"crops": [{"image": base64.b64encode(b).decode()} for b in encoded],
+                                                   "tta": True, "profile": "fill"}, timeout=10).json()  # fmt: skip
+        assert result.as_numpy("marked").tolist() == [r["marked"] for r in fill["results"]]
         with pytest.raises(InferenceServerException, match="unknown profile"):
             client.infer(MODEL, [inp], parameters={"profile": "nope"})
 
