@@ -1,6 +1,7 @@
 """Find likely label errors in a labelled crop set: rank crops by loss and disagreement, show the top ones.
 
     python -m models.clean --model models/repository/omr-bubble/1 --labels ../shared/data/real-dev/labels.csv
+    python -m models.clean ... --folds runs/default-ft/folds   # out-of-fold loss: the crops never trained on
 
 The model runs exactly as in `models.evaluate` (the service's decode/preprocess/TTA/calibration code), with
 TTA on by default so that views can disagree. Each crop's suspicion score is its loss averaged over the TTA
@@ -19,7 +20,7 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         help="score over the config's TTA views (default on)",
     )
     ap.add_argument("--profile", default=None, help="binary reading (default: the config's default_profile)")
+    ap.add_argument("--folds", type=Path, default=None,
+                    help="models.finetune's fold models: rank by OUT-OF-FOLD loss (tuning sources only)")  # fmt: skip
     args = ap.parse_args(argv)
     try:
         model = load_model(args.model)
@@ -152,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     except (LabelsError, ModelArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ranked = rank(items, predict(model, crops, args.tta, profile), cfg, profile)
+    if args.folds is not None:  # each crop scored by a model that never saw its source: the seed's cleaning loop
+        from models.loso import out_of_fold
+
+        oof = out_of_fold(args.folds, items, crops, cfg, args.tta, profile, sealed=False)
+        rows = oof.index.tolist()
+        ranked = [replace(s, index=rows[s.index]) for s in rank([items[i] for i in rows], oof.pred, cfg, profile)]
+    else:
+        ranked = rank(items, predict(model, crops, args.tta, profile), cfg, profile)
     flagged = sum(1 for s in ranked if s.reasons)
     title = (
         f"{cfg.name}/{cfg.version} on {args.labels.name}: top {min(args.top, len(ranked))} of {len(ranked)} "

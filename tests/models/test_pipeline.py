@@ -79,3 +79,11 @@ def test_model_chain_writes_folds_serving_config_and_reports(tmp_path: Path, wri
     assert reports["sealed"]["n"] == 6 and reports["sealed"]["sources"] == ["formscanner"]
     for key in ("accuracy", "accuracy_sure", "binary_accuracy", "review_rate", "review_catch_rate", "ece"):
         assert key in reports["sealed"]
+
+    from models.clean import main as clean_main
+
+    assert clean_main(["--model", model, "--labels", str(labels), "--folds", str(ft / "folds"), "--top", "30",
+                       "--out", str(tmp_path / "clean")]) == 0  # fmt: skip
+    ranked = (tmp_path / "clean" / "suspects.csv").read_text()
+    assert "crops/4_" not in ranked  # the sealed sheet (index 4 in SHEETS) is never ranked out of fold
+    assert ranked.count("crops/0_") == 6  # every tuning crop is ranked (top 30 >= 24)
