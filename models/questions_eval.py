@@ -37,7 +37,9 @@ from models.evaluate import OnnxModel, load_model, predict
 from models.labelled import LabelledCrop, LabelsError, binary_truth, decode_crops, read_labels
 from service.core.modelconfig import ModelArtifactError
 from service.core.postprocess import Decision
+from service.core.preprocess import prepare
 from service.core.questions import DEFAULT_RULE, QuestionRule, decide_question
+from service.core.sheet import crop_stats
 
 #: sources the lead keeps sealed until the final evaluation (sheet_id prefixes)
 SEALED = ("formscanner-", "omrchecker-Sandeep-1507")
@@ -136,8 +138,11 @@ def question_rows(
     marked_truth, _ = binary_truth([it for it, _ in decided], model.config, profile)
     decisions = {it.crop_file: d for it, d in decided}
     truth = {it.crop_file: bool(t) for (it, _), t in zip(decided, marked_truth, strict=True)}
+    # the pixel statistics the service computes in its decode pass, on the same model-size rows
+    inner = crop_stats(prepare(crops, model.config.input))[:, 0].tolist() if crops else []
+    darkness = {it.crop_file: d for it, d in zip(used, inner, strict=True)}
     return score_questions([q for q in questions if all(c.crop_file in decisions for c in q.crops)],
-                           decisions, truth, max_marks, rule)  # fmt: skip
+                           decisions, truth, max_marks, rule, darkness)  # fmt: skip
 
 
 def score_questions(
@@ -146,14 +151,16 @@ def score_questions(
     truth: Mapping[str, bool],
     max_marks: int = 1,
     rule: QuestionRule = DEFAULT_RULE,
+    darkness: Mapping[str, float] | None = None,
 ) -> list[dict[str, object]]:
     """Rows for `question_report` from per-crop decisions and truths keyed by `crop_file`: the entry point for
     decisions made elsewhere (e.g. out-of-fold predictions of `models.evaluate`, each sheet classified
-    together)."""
+    together). darkness: `crop_stats(...)[:, 0]` per crop_file, as the service passes it (None: without)."""
     rows: list[dict[str, object]] = []
     for q in questions:
         options = [decisions[c.crop_file] for c in q.crops]
-        status, marked, candidates, confidence, decided_by, reasons = decide_question(options, max_marks, rule)
+        dark = None if darkness is None else [darkness[c.crop_file] for c in q.crops]
+        status, marked, candidates, confidence, decided_by, reasons = decide_question(options, max_marks, rule, dark)
         true_marked = sorted(o for o, c in zip(q.options, q.crops, strict=True) if truth[c.crop_file])
         crop_marked = sorted(o for o, d in zip(q.options, options, strict=True) if d.marked)
         got = sorted(q.options[i] for i in marked)

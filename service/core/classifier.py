@@ -42,6 +42,8 @@ class Classification:
     profile: str
     #: the request's `sheet` name, echoed (None when not given)
     sheet: str | None = None
+    #: `crop_stats` of the identity-view rows [N, k] (the question layer compares the options of a question)
+    stats: np.ndarray | None = None
 
 
 def _crop_error(index: int, crop_id: str, reason: str, message: str) -> dict[str, Any]:
@@ -322,4 +324,4 @@ class Classifier:
         )
         for label, count in collections.Counter(d.label for d in decisions).items():
             self.metrics.crops.labels(served.name, label).inc(count)
-        return Classification(served, ids, decisions, probs, use_tta, profile, context.sheet)
+        return Classification(served, ids, decisions, probs, use_tta, profile, context.sheet, stats)

@@ -13,8 +13,15 @@ question's other options, one of
 Per option i, q_i is the probability that it is marked: its `marked_probability`, moved to the decided side
 (0.5) when the per-crop decision went against it (the sheet context moved it). Under independence,
 P(exactly S marked) = prod_{i in S} q_i * prod_{i not in S} (1 - q_i); that is a question's confidence.
-A context decision (one unmarked option standing out) reports P(it | exactly one option marked) =
-odds_t / sum_j odds_j instead: it presumes the respondent answered, which is what the context argues.
+A context decision (one option standing out of a clean row, whether its crop read marked weakly or not)
+reports P(it | exactly one option marked) = odds_t / sum_j odds_j instead: it presumes the respondent
+answered, which is what the context argues.
+
+Appearance: with the request's pixel statistics (`service.core.sheet.crop_stats`, computed in the decode pass;
+column 0 = inner-disc darkness relative to the crop's paper level), the options of a question are also
+compared by how dark they are inside: a probability standout must be the darkest option too
+(`darkness_corroboration`), and an option far darker than all others (`darkness_gap`) is a rival beside a
+mark, or the flagged context answer of a row whose crops all read unmarked.
 The rule and its parameters are documented in docs/api.md ("Questions").
 
 Knows nothing of HTTP: `plan_questions` validates the request's grouping (raising `InvalidQuestions` naming
@@ -27,6 +34,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
 
 from service.core.postprocess import Decision
 from service.errors import InvalidQuestions
@@ -54,6 +63,10 @@ class QuestionRule:
     clean_p: float = 0.05
     #: a question whose confidence is below this is flagged for review
     min_confidence: float = 0.8
+    #: with pixel stats: a probability standout must also be this much darker (inner disc) than every other option
+    darkness_corroboration: float = 0.02
+    #: with pixel stats: an option this much darker than every other option (all clean) stands out by appearance
+    darkness_gap: float = 0.10
     max_options: int = MAX_OPTIONS
 
 
@@ -149,24 +162,46 @@ def _p_exactly(q: Sequence[float], chosen: set[int]) -> float:
     return math.prod(q[i] if i in chosen else 1.0 - q[i] for i in range(len(q)))
 
 
-def _standout(q: Sequence[float], among: Sequence[int], rule: QuestionRule) -> int | None:
+def _darker_by(dark: Sequence[float], i: int, among: Sequence[int]) -> float:
+    return dark[i] - max(dark[j] for j in among if j != i)
+
+
+def _standout(q: Sequence[float], among: Sequence[int], rule: QuestionRule, dark: Sequence[float] | None) -> int | None:
     """The option of `among` that stands out as a context mark: q >= outlier_min_p, at least `outlier_gap`
-    log-odds above each other option of `among`, all of which are clean (q <= clean_p); at least 2 others."""
+    log-odds above each other option of `among`, all of which are clean (q <= clean_p); at least 2 others;
+    with pixel stats, also the darkest of them by `darkness_corroboration`."""
     if len(among) < 3:
         return None
     top = max(among, key=lambda i: q[i])
     rest = max(q[i] for i in among if i != top)
-    if q[top] >= rule.outlier_min_p and rest <= rule.clean_p and _logit(q[top]) - _logit(rest) >= rule.outlier_gap:
+    by_p = q[top] >= rule.outlier_min_p and rest <= rule.clean_p and _logit(q[top]) - _logit(rest) >= rule.outlier_gap
+    looks = dark is None or _darker_by(dark, top, among) >= rule.darkness_corroboration
+    return top if by_p and looks else None
+
+
+def _dark_standout(
+    q: Sequence[float], among: Sequence[int], rule: QuestionRule, dark: Sequence[float] | None
+) -> int | None:
+    """The option of `among` at least `darkness_gap` darker inside than each other one, all of them clean."""
+    if dark is None or len(among) < 3:
+        return None
+    top = max(among, key=lambda i: dark[i])
+    if _darker_by(dark, top, among) >= rule.darkness_gap and all(q[i] <= rule.clean_p for i in among if i != top):
         return top
     return None
 
 
 def decide_question(
-    options: Sequence[Decision], max_marks: int, rule: QuestionRule = DEFAULT_RULE
+    options: Sequence[Decision],
+    max_marks: int,
+    rule: QuestionRule = DEFAULT_RULE,
+    darkness: Sequence[float] | None = None,
 ) -> tuple[Status, list[int], list[int], float, str, list[str]]:
-    """One question's options (their per-crop decisions) -> (status, marked, candidates, confidence,
-    decided_by, review_reasons); marked/candidates are positions in `options`."""
+    """One question's options (their per-crop decisions, and optionally their inner-disc darkness) ->
+    (status, marked, candidates, confidence, decided_by, review_reasons); marked/candidates are positions
+    in `options`."""
     q = [_q(d) for d in options]
+    dark = None if darkness is None else [float(x) for x in darkness]
     n = len(q)
     marked = [i for i, d in enumerate(options) if d.marked]
     unmarked = [i for i in range(n) if not options[i].marked]
@@ -175,7 +210,11 @@ def decide_question(
     candidates: list[int] = []
     if not marked:
         top = max(range(n), key=lambda i: q[i])
-        pick = _standout(q, range(n), rule)
+        pick = _standout(q, range(n), rule, dark)
+        by_look = _dark_standout(q, range(n), rule, dark) if pick is None else None
+        if pick is None and by_look is not None and q[top] < rule.doubt_p:
+            pick = by_look
+            reasons.append("context_appearance")  # the pixels alone argue for it: a person confirms
         if pick is not None:
             status: Status = "answered"
             marked, decided_by = [pick], "context"
@@ -191,9 +230,9 @@ def decide_question(
         strong = [i for i in marked if q[i] >= rule.strong_p]
         weak = [i for i in marked if q[i] < rule.strong_p]
         rivals = [i for i in unmarked if q[i] >= rule.doubt_p]
-        lone = _standout(q, unmarked, rule)
-        if lone is not None and lone not in rivals:
-            rivals.append(lone)
+        for lone in (_standout(q, unmarked, rule, dark), _dark_standout(q, unmarked, rule, dark)):
+            if lone is not None and lone not in rivals:
+                rivals.append(lone)
         if len(marked) > max_marks:
             if len(strong) > max_marks:
                 status = "multiple"
@@ -206,6 +245,20 @@ def decide_question(
         else:
             status, candidates = "answered", weak
         confidence = _p_exactly(q, set(marked))
+        if (
+            status == "answered"
+            and weak == marked
+            and len(marked) == 1
+            and marked[0]
+            in (
+                _standout(q, range(n), rule, dark),
+                _dark_standout(q, range(n), rule, dark),
+            )
+        ):
+            # one weak mark standing out of a clean row: the context confirms it, as it would pick it if its
+            # crop had read unmarked (so the confidence cannot drop as its p rises past 0.5)
+            odds = [qi / (1.0 - qi) for qi in q]
+            confidence, candidates = odds[marked[0]] / sum(odds), []
     if confidence < rule.min_confidence:
         reasons.append("low_confidence")
     return status, marked, candidates, confidence, decided_by, reasons
@@ -220,12 +273,19 @@ def decide_questions(
     decisions: Sequence[Decision],
     crop_ids: Sequence[str],
     rule: QuestionRule = DEFAULT_RULE,
+    stats: np.ndarray | None = None,
 ) -> list[QuestionResult]:
-    """Every planned question's result, in order of first appearance (the crops' results are not touched)."""
+    """Every planned question's result, in order of first appearance (the crops' results are not touched).
+
+    stats: the request's `crop_stats` [N, k] (column 0 inner-disc darkness), or None (probabilities only)."""
+    darkness = None if stats is None else np.asarray(stats)[:, 0].tolist()
     out: list[QuestionResult] = []
     for question in questions:
         options = [decisions[i] for i in question.indices]
-        status, marked, candidates, confidence, decided_by, reasons = decide_question(options, question.max_marks, rule)
+        dark = None if darkness is None else [darkness[i] for i in question.indices]
+        status, marked, candidates, confidence, decided_by, reasons = decide_question(
+            options, question.max_marks, rule, dark
+        )
         ids = [crop_ids[question.indices[i]] for i in marked]
         doubt = [crop_ids[question.indices[i]] for i in candidates]
         out.append(QuestionResult(question.id, status, ids, doubt, confidence, decided_by, reasons))  # type: ignore[arg-type]

@@ -196,5 +196,5 @@ async def classify(
     result = await until_disconnect(request, state, work)
     body = render(result)
     if plan:
-        body["questions"] = render_questions(decide_questions(plan, result.decisions, ids))
+        body["questions"] = render_questions(decide_questions(plan, result.decisions, ids, stats=result.stats))
     return json_response(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from service.core.postprocess import Decision
@@ -108,19 +109,32 @@ def test_decide_multi_select_within_max_marks_is_answered() -> None:
     assert run(ps, max_marks=1)[:2] == ("multiple", [0, 2, 4])
 
 
-def test_decide_lone_weak_mark_is_answered_but_flagged() -> None:
-    status, marked, candidates, confidence, _, reasons = run([0.01, 0.6, 0.01])
+def test_decide_lone_weak_mark_in_clean_row_is_confirmed_by_context() -> None:
+    """p 0.6 beside clean options: as sure as the 0.49 outlier is (confidence never drops as p rises)."""
+    status, marked, candidates, confidence, decided_by, reasons = run([0.01, 0.6, 0.01])
+    assert (status, marked, candidates, decided_by, reasons) == ("answered", [1], [], "crops", [])
+    assert confidence == pytest.approx(1.5 / (1.5 + 2 * 0.01 / 0.99))
+    assert confidence >= run([0.001, 0.49, 0.001])[3] - 0.02
+
+
+def test_decide_lone_weak_mark_beside_unclean_options_is_flagged() -> None:
+    status, marked, candidates, confidence, _, reasons = run([0.08, 0.6, 0.1])
     assert (status, marked, candidates) == ("answered", [1], [1])
     assert confidence < 0.8 and reasons == ["low_confidence"]
 
 
 def test_decide_mark_moved_by_sheet_context_counts_on_its_decided_side() -> None:
-    """A crop the per-sheet adaptation turned marked (p 0.3 but marked) is a weak mark, never read against."""
-    options = [crop(0.01), crop(0.3, marked=True), crop(0.02)]
+    """A crop the per-sheet adaptation turned marked (p 0.3 but marked) is a weak mark, never read against:
+    q = 0.5. Beside options that are not clean it stays in doubt; standing out of a clean row, it is confirmed."""
+    options = [crop(0.06), crop(0.3, marked=True), crop(0.07)]
     status, marked, candidates, confidence, decided_by, reasons = decide_question(options, 1)
     assert (status, marked, candidates, decided_by) == ("answered", [1], [1], "crops")
-    assert confidence == pytest.approx(0.5 * 0.99 * 0.98)
+    assert confidence == pytest.approx(0.5 * 0.94 * 0.93)
     assert "low_confidence" in reasons
+    clean = [crop(0.001), crop(0.3, marked=True), crop(0.002)]
+    status, marked, candidates, confidence, _, reasons = decide_question(clean, 1)
+    assert (status, marked, candidates, reasons) == ("answered", [1], [], [])
+    assert confidence == pytest.approx(1.0 / (1.0 + 0.001 / 0.999 + 0.002 / 0.998))
 
 
 def test_decide_single_option_question() -> None:
@@ -188,3 +202,48 @@ def test_plan_reports_every_problem_at_once() -> None:
         ("q3", "unknown_question"),
     ]
     assert "and 3 more" in err.value.message
+
+
+def run_dark(ps: list[float], dark: list[float], max_marks: int = 1):
+    return decide_question([crop(p) for p in ps], max_marks, QuestionRule(), dark)
+
+
+def test_decide_probability_standout_must_look_darker() -> None:
+    """With pixel stats, the 0.13 outlier that is no darker inside than its row is not picked: ambiguous."""
+    ps = [0.001, 0.002, 0.13, 0.001, 0.0015]
+    assert run_dark(ps, [0.10, 0.11, 0.25, 0.10, 0.12])[:2] == ("answered", [2])
+    status, marked, candidates, _, decided_by, reasons = run_dark(ps, [0.10, 0.11, 0.115, 0.10, 0.12])
+    assert (status, marked, candidates, decided_by) == ("ambiguous", [], [2], "crops")
+    assert "weak_mark" in reasons
+
+
+def test_decide_darkness_alone_is_a_flagged_context_answer() -> None:
+    """Every crop reads clean, but one is far darker inside than the rest of its row (light pencil)."""
+    status, marked, _, _, decided_by, reasons = run_dark([0.01, 0.03, 0.01, 0.02], [0.05, 0.21, 0.06, 0.04])
+    assert (status, marked, decided_by) == ("answered", [1], "context")
+    assert "context_appearance" in reasons
+    assert run_dark([0.01, 0.03, 0.01, 0.02], [0.05, 0.09, 0.06, 0.04])[:2] == ("blank", [])  # print, noise
+
+
+def test_decide_darker_option_beside_a_mark_is_a_possible_second_mark() -> None:
+    """Erasure residue: the model reads it clean, but it is far darker than the other empties."""
+    status, marked, candidates, _, _, reasons = run_dark([0.99, 0.01, 0.02, 0.01], [0.9, 0.05, 0.2, 0.06])
+    assert (status, marked, candidates) == ("ambiguous", [0], [2])
+    assert "possible_second_mark" in reasons
+    assert run_dark([0.99, 0.01, 0.02, 0.01], [0.9, 0.05, 0.08, 0.06])[:2] == ("answered", [0])
+
+
+def test_decide_questions_passes_each_question_its_darkness() -> None:
+    decisions = [crop(0.01), crop(0.02), crop(0.01), crop(0.99), crop(0.01), crop(0.01)]
+    stats = np.array([[0.05, 0, 1], [0.3, 0, 1], [0.04, 0, 1], [0.9, 0, 1], [0.05, 0, 1], [0.06, 0, 1]], np.float32)
+    plan = plan_questions(["a", "a", "a", "b", "b", "b"])
+    ids = [str(i) for i in range(6)]
+    with_px = decide_questions(plan, decisions, ids, stats=stats)
+    assert [(r.status, r.marked, r.decided_by) for r in with_px] == [
+        ("answered", ["1"], "context"),
+        ("answered", ["3"], "crops"),
+    ]
+    assert [(r.status, r.marked) for r in decide_questions(plan, decisions, ids)] == [
+        ("blank", []),
+        ("answered", ["3"]),
+    ]
