@@ -51,7 +51,9 @@ class Log:
     t_term: float | None = None
 
 
-def send_once(port: int, body: bytes, n: int, log: Log, timeout_s: float = 60.0) -> None:
+def send_once(
+    port: int, body: bytes, n: int, log: Log, timeout_s: float = 60.0, sent: threading.Event | None = None
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
         try:
@@ -65,6 +67,8 @@ def send_once(port: int, body: bytes, n: int, log: Log, timeout_s: float = 60.0)
             log.connected.append(t_conn)
         try:
             conn.request("POST", "/classify", body, {"Content-Type": "application/json", "Connection": "close"})
+            if sent is not None:
+                sent.set()  # the whole request is on the wire
             r = conn.getresponse()
             data = r.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -114,7 +118,7 @@ def readiness_probe(port: int, stop: threading.Event, out: list[tuple[float, flo
         stop.wait(0.05)
 
 
-def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
+def test_sigterm_drains_with_nothing_lost(svc: service_process.Service, until) -> None:
     small = orjson.dumps(json_crops(20))
     big = orjson.dumps(json_crops(200, prefix="big"))
     log = Log()
@@ -134,11 +138,13 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
     threads.append(threading.Thread(target=readiness_probe, args=(svc.port, stop, probes)))
     for t in threads:
         t.start()
-    time.sleep(1.0)  # steady traffic first
-    bigs = [threading.Thread(target=send_once, args=(svc.port, big, 200, log)) for _ in range(3)]
+    until(lambda: len(log.served) >= 12, 120, "steady traffic first (12 served)")
+    sent = [threading.Event() for _ in range(3)]
+    bigs = [threading.Thread(target=send_once, args=(svc.port, big, 200, log, 60.0, e)) for e in sent]
     for t in bigs:
         t.start()
-    time.sleep(0.05)  # the big requests are in (decoding / queued) when the signal lands
+    for e in sent:  # the big requests are on the wire (being read / decoded / queued) when the signal lands
+        assert e.wait(60), "a big request was never sent"
     t_term = log.t_term = time.monotonic()
     svc.process.send_signal(signal.SIGTERM)
     try:
@@ -164,8 +170,7 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
     lost = [x for x in log.lost if not backlog_reset(*x)]
     assert not lost, f"{len(lost)} requests lost: {lost[:5]}"
     assert len(resets) <= 6, resets
-    assert code == 0, svc.log_tail()
-    assert t_exit - t_term < GRACE_S
+    assert code == 0, svc.log_tail()  # exited by itself: wait(GRACE_S) above would have raised otherwise
     served_before = sum(t < t_term for t in log.served)
     served_after = sum(t >= t_term for t in log.served)
     assert served_before > 0 and served_after >= 3, (served_before, served_after)
@@ -182,7 +187,7 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service) -> None:
           f"exit {code} after {t_exit - t_term:.2f}s")  # fmt: skip
 
 
-def test_sigterm_behind_a_load_balancer_loses_nothing(svc: service_process.Service) -> None:
+def test_sigterm_behind_a_load_balancer_loses_nothing(svc: service_process.Service, until) -> None:
     """Senders stop opening connections 0.5 s after the probe first sees readiness false (a load balancer
     removing the endpoint, well inside the 1.5 s shutdown delay): every request is served, none reset."""
     small = orjson.dumps(json_crops(20))
@@ -202,7 +207,7 @@ def test_sigterm_behind_a_load_balancer_loses_nothing(svc: service_process.Servi
     threads.append(threading.Thread(target=readiness_probe, args=(svc.port, stop, probes)))
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    until(lambda: len(log.served) >= 12, 120, "steady traffic first (12 served)")
     t_term = time.monotonic()
     svc.process.send_signal(signal.SIGTERM)
     try:
