@@ -4,6 +4,8 @@ the sheet context on real PNG crops, and V2's label/marked outputs."""
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 
 import cv2
 import httpx
@@ -184,3 +186,26 @@ def test_http_decisions_equal_decide_request_run_locally(url, make_crops) -> Non
         (d.marked, d.label, d.decided_by, d.review_reasons) for d in local
     ]
     assert any(d.decided_by == "sheet" for d in local)  # the sheet context took part
+
+
+def test_http_tta_review_mode_decides_from_the_identity_view(url, live_server, tmp_path, make_crops) -> None:
+    version_dir = tmp_path / "omr-bubble" / "1"
+    shutil.copytree(BUNDLED_REPOSITORY / "omr-bubble" / "1", version_dir)
+    cfg = json.loads((version_dir / "config.json").read_text())
+    cfg["tta"]["mode"] = "review"
+    (version_dir / "config.json").write_text(json.dumps(cfg))
+    images = make_crops(40, seed=8, min_side=12, max_side=64)
+    body = {"crops": crops(images), "sheet_context": False}
+    with live_server(create_app(Settings(model_repository=tmp_path))) as review_url:
+        plain = classify(review_url, {**body, "tta": False})["results"]
+        review = classify(review_url, {**body, "tta": True})["results"]
+    averaged = classify(url, {**body, "tta": True})["results"]  # the bundled config: mode "average"
+    moved = [
+        a["probabilities"] != pytest.approx(p["probabilities"], abs=1e-4) for a, p in zip(averaged, plain, strict=True)
+    ]
+    assert any(moved)
+    for p, r in zip(plain, review, strict=True):
+        assert r["probabilities"] == pytest.approx(p["probabilities"], abs=1e-6)  # identity view's own
+        assert (r["marked"], r["label"]) == (p["marked"], p["label"])
+        assert set(r["review_reasons"]) - set(p["review_reasons"]) <= {"tta_disagreement"}
+    assert any("tta_disagreement" in r["review_reasons"] for r in review)
