@@ -6,7 +6,6 @@ runs on a shared CI machine). Real figures come from the full commands, see docs
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ def test_run_exits_nonzero_when_slo_missed(tmp_path: Path) -> None:
     assert "MISSED" in (out / "steps.md").read_text()
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk missing: apt-get install -y wrk")
+@pytest.mark.needs_tool("wrk", hint="apt-get install -y wrk")
 def test_bench_measures_every_shape(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = _run(["loadtest.bench", "--duration", "1", "--warmup", "0", "--min-cpu-s", "0.05", "--batch-sizes", "1",
