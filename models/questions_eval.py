@@ -32,6 +32,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from models.evaluate import OnnxModel, load_model, predict
 from models.labelled import LabelledCrop, LabelsError, binary_truth, decode_crops, read_labels
@@ -208,9 +209,9 @@ def question_report(rows: Sequence[dict[str, object]]) -> dict[str, object]:
     right = sum(bool(r["right"]) for r in rows)
     flagged = sum(bool(r["review"]) for r in rows)
     wrong_unflagged = [f"{r['sheet_id']}/{r['question']}" for r in rows if not r["right"] and not r["review"]]
-    confusion: dict[str, dict[str, int]] = {}
+    confusion: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for r in rows:
-        confusion.setdefault(str(r["truth_status"]), collections.Counter())[str(r["status"])] += 1  # type: ignore[index]
+        confusion[str(r["truth_status"])][str(r["status"])] += 1
     per_sheet: dict[str, dict[str, int]] = {}
     for r in rows:
         s = per_sheet.setdefault(str(r["sheet_id"]), {"questions": 0, "right": 0, "flagged": 0, "crop_right": 0})
@@ -238,11 +239,11 @@ def question_report(rows: Sequence[dict[str, object]]) -> dict[str, object]:
     }
 
 
-def _pct(v: object) -> str:
-    return "-" if v is None else f"{100 * float(v):.1f} %"  # type: ignore[arg-type]
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * float(v):.1f} %"
 
 
-def format_report(r: dict[str, object]) -> str:
+def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"questions {r['questions']} on {r['sheets']} sheets (complete questions only); {r.get('predictions', '')}",
         f"question accuracy       {_pct(r['accuracy'])}  (context-free per-crop reading: "
@@ -250,16 +251,16 @@ def format_report(r: dict[str, object]) -> str:
         f"right or flagged        {_pct(r['right_or_flagged'])}",
         f"flagged for review      {_pct(r['review_rate'])}  ({r['flagged']}, of which right {r['flagged_right']})",
         f"decided by context      {r['context_decisions']}",
-        f"wrong and not flagged   {len(r['wrong_unflagged'])}  {r['wrong_unflagged'][:10]}",  # type: ignore[arg-type,index]
+        f"wrong and not flagged   {len(r['wrong_unflagged'])}  {r['wrong_unflagged'][:10]}",
     ]
     for status in ("blank", "answered", "multiple"):
         d = r[status]
         lines.append(
-            f"{status:<9} support {d['support']:>3}  predicted {d['predicted']:>3}  "  # type: ignore[index]
-            f"recall {_pct(d['recall'])}  precision {_pct(d['precision'])}"  # type: ignore[index]
+            f"{status:<9} support {d['support']:>3}  predicted {d['predicted']:>3}  "
+            f"recall {_pct(d['recall'])}  precision {_pct(d['precision'])}"
         )
     lines.append(f"status confusion (truth -> predicted): {r['status_confusion_truth_pred']}")
-    for sheet, s in r["per_sheet"].items():  # type: ignore[attr-defined]
+    for sheet, s in r["per_sheet"].items():
         lines.append(
             f"  {sheet:<40} {s['right']}/{s['questions']} right, {s['flagged']} flagged (per-crop {s['crop_right']})"
         )

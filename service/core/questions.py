@@ -196,7 +196,7 @@ def decide_question(
     max_marks: int,
     rule: QuestionRule = DEFAULT_RULE,
     darkness: Sequence[float] | None = None,
-) -> tuple[Status, list[int], list[int], float, str, list[str]]:
+) -> tuple[Status, list[int], list[int], float, Literal["crops", "context"], list[str]]:
     """One question's options (their per-crop decisions, and optionally their inner-disc darkness) ->
     (status, marked, candidates, confidence, decided_by, review_reasons); marked/candidates are positions
     in `options`."""
@@ -206,7 +206,7 @@ def decide_question(
     marked = [i for i, d in enumerate(options) if d.marked]
     unmarked = [i for i in range(n) if not options[i].marked]
     reasons: list[str] = []
-    decided_by = "crops"
+    decided_by: Literal["crops", "context"] = "crops"
     candidates: list[int] = []
     if not marked:
         top = max(range(n), key=lambda i: q[i])
@@ -288,5 +288,5 @@ def decide_questions(
         )
         ids = [crop_ids[question.indices[i]] for i in marked]
         doubt = [crop_ids[question.indices[i]] for i in candidates]
-        out.append(QuestionResult(question.id, status, ids, doubt, confidence, decided_by, reasons))  # type: ignore[arg-type]
+        out.append(QuestionResult(question.id, status, ids, doubt, confidence, decided_by, reasons))
     return out
