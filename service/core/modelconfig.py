@@ -99,6 +99,9 @@ class SheetSpec(_Strict):
     #: also un-mark doubtful marked crops that look like the sheet's empties (off by default: every binary
     #: error on unseen sheets so far was a missed mark, and thin ticks are light by this statistic)
     move_to_unmarked: bool = False
+    #: with `move_to_unmarked`: a doubtful marked crop is un-marked only below this fraction of the way from
+    #: the unmarked to the marked level (lower than `threshold`: it must look like the sheet's empties)
+    unmark_threshold: float = Field(0.25, gt=0, lt=1)
     #: crops whose native sides (or aspect ratios) differ by more than this factor are separate groups
     size_ratio: float = Field(1.25, ge=1)
     #: a group with enough confident unmarked crops but too few confident marked ones (a sheet whose every

@@ -128,5 +128,5 @@ def sheet_moves(marked_p: np.ndarray, darkness: np.ndarray, groups: np.ndarray, 
         cut = low + spec.threshold * (high - low)
         moved |= doubt & ~model_marked & (darkness >= cut)
         if spec.move_to_unmarked:
-            moved |= doubt & model_marked & (darkness < cut)
+            moved |= doubt & model_marked & (darkness < low + spec.unmark_threshold * (high - low))
     return moved

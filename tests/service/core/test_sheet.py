@@ -140,10 +140,11 @@ def test_sheet_groups_do_not_poison_each_other() -> None:
 
 
 def test_sheet_move_to_unmarked_only_when_enabled() -> None:
-    mp, dark = sheet(10, 5, [(0.6, 0.05)])
+    mp, dark = sheet(10, 5, [(0.6, 0.05), (0.6, 0.3)])
     groups = np.zeros(len(mp), np.int64)
     assert not sheet_moves(mp, dark, groups, SPEC).any()
-    assert sheet_moves(mp, dark, groups, BOTH_WAYS)[-1]
+    # un-mark cut = 0.05 + 0.25 x 0.75 = 0.2375: 0.05 looks like the empties, 0.3 (a light tick?) stays marked
+    assert sheet_moves(mp, dark, groups, BOTH_WAYS).tolist() == [False] * 15 + [True, False]
 
 
 def test_sheet_disabled_moves_nothing() -> None:
