@@ -138,7 +138,7 @@ async def classify(
             check_side(w_, h_)
         except CropError as exc:
             raise InvalidCrops([{"index": 0, "id": "0", "reason": exc.reason, "message": exc.message}]) from None
-        body = await read_body(request, state)
+        body = await read_body(request, state, deadline)
         if len(body) != n_ * h_ * w_:
             raise InvalidCrops(
                 [{"index": 0, "id": "0", "reason": "bad_shape",
@@ -163,7 +163,7 @@ async def classify(
         return json_response(render(result))
     if content_type not in ("application/json", ""):
         raise UnsupportedMediaType(f"Content-Type {content_type!r}: send application/json or application/octet-stream")
-    body = await read_body(request, state)
+    body = await read_body(request, state, deadline)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
