@@ -1,13 +1,13 @@
 """Security against a real uvicorn on 127.0.0.1: bearer-token auth on/off, 401 without detail, health/metrics
 configurable, limits enforced before decoding, no stack traces in any answer.
 
-The token comparison itself is `hmac.compare_digest` (constant time); a timing test on a shared 2-core machine
-would be noise, so `test_token_compare_is_constant_time_by_review` pins the code instead (docs/reliability.md).
+The token comparison itself is `hmac.compare_digest` (constant time). A timing test on a shared 2-core machine
+would be noise, so constant time is a code-review item (docs/reliability.md); what the tests pin is behaviour:
+every near miss, odd byte and odd spacing is a 401 (never a 500), the exact token is accepted.
 """
 
 from __future__ import annotations
 
-import ast
 import base64
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,15 +142,27 @@ def test_no_stack_trace_in_server_errors() -> None:
             assert leak not in text, f"{leak!r} leaked: {text}"
 
 
-def test_token_compare_is_constant_time_by_review() -> None:
-    """The bearer check must use hmac.compare_digest, never ==, on the token (code-review pin)."""
-    source = (REPO / "service" / "http" / "deps.py").read_text()
-    tree = ast.parse(source)
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
-    assert any(n.func.attr == "compare_digest" for n in calls), "bearer token not compared with hmac.compare_digest"
-    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
-    assert not any("token" in ast.unparse(n) and isinstance(op, ast.Eq | ast.NotEq) for n in compares
-                   for op in n.ops), "a token compared with == / !="  # fmt: skip
+ODD_HEADERS = {
+    # bytes a client (or an attacker) can put in the header: a str compare_digest would raise on non-ASCII
+    "non-ascii-token": b"Bearer " + TOKEN[:-1].encode() + "\u00e9".encode(),
+    "latin1-token": b"Bearer " + TOKEN.encode() + b"\xff",
+    "token-of-other-length": b"Bearer " + TOKEN.encode() * 3,
+    "two-tokens": b"Bearer " + TOKEN.encode() + b" " + TOKEN.encode(),
+    "tab-separated": b"Bearer\t" + TOKEN.encode(),
+}
+
+
+@pytest.mark.parametrize("value", ODD_HEADERS.values(), ids=list(ODD_HEADERS))
+def test_reject_odd_authorization_bytes_with_401(locked: LiveServer, value: bytes) -> None:
+    with locked.client() as c:
+        r = c.post("/classify", json=json_crops(1), headers=[(b"Authorization", value)])
+        assert assert_json_error(r, 401) == {"error": "unauthorized", "code": "unauthorized"}
+
+
+def test_accept_exact_token_with_any_scheme_case(locked: LiveServer) -> None:
+    with locked.client() as c:
+        for value in (f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"):
+            assert c.post("/classify", json=json_crops(1), headers={"Authorization": value}).status_code == 200, value
 
 
 def test_container_runs_non_root() -> None:
