@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.core.postprocess import Decision
 from service.core.questions import (
@@ -247,3 +249,37 @@ def test_decide_questions_passes_each_question_its_darkness() -> None:
         ("blank", []),
         ("answered", ["3"]),
     ]
+
+
+_P = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(st.tuples(_P, st.booleans(), st.floats(-1.0, 1.0, allow_nan=False)), min_size=1, max_size=12),
+    max_marks=st.integers(1, 4),
+    with_px=st.booleans(),
+)
+def test_decide_question_properties(rows: list[tuple[float, bool, float]], max_marks: int, with_px: bool) -> None:
+    """Any options (probabilities, decisions the sheet may have moved, darkness): a consistent answer."""
+    options = [crop(p, marked=p >= 0.5 if not moved else p < 0.5) for p, moved, _ in rows]
+    dark = [d for _, _, d in rows] if with_px else None
+    status, marked, candidates, confidence, decided_by, reasons = decide_question(
+        options, max_marks, QuestionRule(), dark
+    )
+    crop_marked = [i for i, d in enumerate(options) if d.marked]
+    assert 0.0 <= confidence <= 1.0 and math.isfinite(confidence)
+    assert marked == sorted(set(marked)) and set(candidates) <= set(range(len(options)))
+    assert (confidence < QuestionRule().min_confidence) == ("low_confidence" in reasons)
+    if decided_by == "context":
+        assert status == "answered" and len(marked) == 1 and not crop_marked
+    else:
+        assert marked == crop_marked  # the question layer never drops or adds a crop's own mark
+    if status == "blank":
+        assert marked == [] and candidates == []
+    elif status == "answered":
+        assert 1 <= len(marked) <= max_marks
+    elif status == "multiple":
+        assert len(marked) > max_marks and not candidates
+    else:
+        assert {"weak_mark", "weak_extra_mark", "possible_second_mark"} & set(reasons)
