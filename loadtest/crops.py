@@ -22,7 +22,8 @@ import orjson
 
 from service.core.preprocess import resize
 
-REAL_DEV_DIR = Path("/work/shared/data/real-dev/crops")
+#: the real-dev crops beside this checkout (`../shared/data/real-dev/crops`, as the Makefile's REAL_LABELS)
+REAL_DEV_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real-dev" / "crops"
 Source = Literal["synth", "real"]
 #: model input side; raw-tensor bodies are sent at this size (what an engine holding pixels would send)
 MODEL_SIDE = 32

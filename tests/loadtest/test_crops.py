@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
+import cv2
 import numpy as np
 import orjson
 import pytest
@@ -66,8 +68,24 @@ def test_check_response_rejects_wrong_answers(payload: bytes, why: str) -> None:
     assert reason is not None and why in reason
 
 
-@pytest.mark.skipif(not REAL_DEV_DIR.is_dir(), reason="real-dev crops not on this machine")
-def test_build_pool_from_real_pngs_keeps_their_bytes() -> None:
-    pool = CropPool.build(5, seed=0, source="real")
+def test_build_pool_from_real_pngs_keeps_their_bytes(real_dev: Path) -> None:
+    folder = real_dev.parent / "crops"
+    pool = CropPool.build(5, seed=0, source="real", folder=folder)
     assert all(p[:8] == b"\x89PNG\r\n\x1a\n" for p in pool.pngs)
-    assert {p for p in pool.pngs} <= {f.read_bytes() for f in REAL_DEV_DIR.glob("*.png")}
+    assert {p for p in pool.pngs} <= {f.read_bytes() for f in folder.glob("*.png")}
+
+
+def test_build_pool_from_a_folder_of_pngs(tmp_path: Path) -> None:
+    """The real-crop path without the real-dev set: any folder of PNG crops, bytes kept as they are."""
+    files = []
+    for i in range(4):
+        img = np.full((20 + i, 24), 200 + i, np.uint8)
+        files.append(tmp_path / f"c{i}.png")
+        assert cv2.imwrite(str(files[-1]), img)
+    pool = CropPool.build(3, seed=0, source="real", folder=tmp_path)
+    assert len(pool.pngs) == 3 and {p for p in pool.pngs} <= {f.read_bytes() for f in files}
+
+
+def test_default_real_dev_dir_is_beside_the_checkout() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert repo.parent / "shared" / "data" / "real-dev" / "crops" == REAL_DEV_DIR
