@@ -61,12 +61,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, exc.message, status.trailers(exc))
             raise AssertionError("unreachable: abort raises") from None
         except asyncio.CancelledError:
-            # the client cancelled or its deadline passed: grpc cancels this task, and with it the batcher
-            # future, so the request's still-queued rows are dropped instead of computed
+            # the client cancelled or its deadline passed (or the drain's grace ran out): grpc cancels this task,
+            # and with it the batcher future, so the request's still-queued rows are dropped instead of computed
             remaining = context.time_remaining()
             late = remaining is not None and remaining <= 0
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             self.state.metrics.rejections.labels("timeout" if late else "client_disconnected").inc()
+            log.info("gRPC %s cancelled (%s) after %.3fs", method, code.name, time.monotonic() - t0)
             raise
         except Exception as exc:
             log.error("unhandled %s in %s", type(exc).__name__, method, exc_info=exc)
