@@ -155,14 +155,62 @@ SERVICE_MONITOR_SCHEMA = {
 }
 
 
+# The same for monitoring.coreos.com/v1 PrometheusRule (the fields the chart writes), strict on unknown keys.
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["alert", "expr"],
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": _DURATION,
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 def validate_all(docs: Manifests) -> list[str]:
-    """Validate each manifest; built-ins against the strict 1.30 schemas, ServiceMonitor against its shape."""
+    """Validate each manifest; built-ins against the strict 1.30 schemas, the CRDs against their shapes."""
     import jsonschema
 
     checked = []
     for doc in docs:
         if doc["kind"] == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR_SCHEMA)
+        elif doc["kind"] == "PrometheusRule":
+            jsonschema.validate(doc, PROMETHEUS_RULE_SCHEMA)
         else:
             kv.validate(doc, KUBE_VERSION, strict=True)
         checked.append(doc["kind"])
@@ -243,7 +291,7 @@ def test_cli_validates_rendered_files(render: Callable[..., Manifests], tmp_path
     """The same check through the CLI a platform team would run: `kubernetes-validate --strict -k 1.30.0`."""
     exe = KV_CLI
     files = []
-    for i, doc in enumerate(d for d in render(gpu_values()) if d["kind"] != "ServiceMonitor"):
+    for i, doc in enumerate(d for d in render(gpu_values()) if d["kind"] not in ("ServiceMonitor", "PrometheusRule")):
         f = tmp_path / f"{i:02d}-{doc['kind'].lower()}.yaml"
         f.write_text(yaml.safe_dump(doc))
         files.append(str(f))
@@ -280,6 +328,11 @@ def test_schema_accepts_defaults_and_ci_values(chart: Any) -> None:
         {"gpu": {"requireProvider": "OpenVINOExecutionProvider"}},
         {"serviceMonitor": {"interval": "often"}},
         {"replicas": 3},
+        {"prometheusRule": {"errorRatio": 2}},
+        {"prometheusRule": {"latencyP99Seconds": 0}},
+        {"prometheusRule": {"latencyFor": "soon"}},
+        {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+        {"grafanaDashboard": {"enabled": "yes"}},
     ],
     ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip(),
 )
@@ -296,7 +349,7 @@ def test_schema_describes_top_level_values(chart: Any) -> None:
     assert set(chart.values) <= set(schema["properties"]), "a value missing from values.schema.json"
     undocumented = [k for k, v in schema["properties"].items() if not v.get("description")]
     assert not undocumented, undocumented
-    for name in ("gpu", "autoscaling", "serviceMonitor", "podDisruptionBudget"):
+    for name in ("gpu", "autoscaling", "serviceMonitor", "podDisruptionBudget", "grafanaDashboard", "prometheusRule"):
         assert "enabled" in schema["properties"][name]["properties"], name
 
 
@@ -319,7 +372,8 @@ def test_startup_probe_budget_covers_warmup(render: Callable[..., Manifests], gp
 
 
 def _config_env(docs: Manifests) -> dict[str, str]:
-    return only(docs, "ConfigMap")["data"]
+    """The service's settings ConfigMap (not the Grafana dashboard's)."""
+    return only([d for d in docs if not d["metadata"]["name"].endswith("-dashboard")], "ConfigMap")["data"]
 
 
 @pytest.mark.parametrize("values", [None, {"config": {"drainTimeoutS": 90, "shutdownDelayS": 7.5}}])
@@ -497,3 +551,112 @@ def test_schema_config_keys_are_settings(chart: Any) -> None:
     snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() for k in keys}
     assert snake <= set(Settings.model_fields), snake - set(Settings.model_fields)
     assert not snake & {"host", "port", "model_repository", "providers", "auth_token", "auth_token_file"}
+
+
+# --- dashboards and alerts --------------------------------------------------------------------------------------
+
+
+def observability_values() -> dict[str, Any]:
+    return load_values(CHART / "ci" / "observability-values.yaml")
+
+
+def exported_series_names() -> set[str]:
+    """Every series name the service can expose (service/metrics.py, the pod collector included), as PromQL
+    sees it: counters with `_total`, histograms' `_bucket/_sum/_count`, Info as `_info`; plus Prometheus' `up`."""
+    from service.metrics import Metrics
+
+    class _Pod:
+        workers = 2
+        restarts = 0
+
+        def ready_workers(self) -> int:
+            return 2
+
+    m = Metrics()
+    m.add_pod(_Pod())
+    names = {"up"}
+    for fam in m.registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "info": ["_info"]}
+        names |= {fam.name + s for s in suffixes.get(fam.type, [""])}
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression selects (the tokens before `{` or `[`, or bare `omr_*`/`up`)."""
+    import re
+
+    return set(re.findall(r"\b(omr_[a-z_]+|up)\b(?=\s*[{\[)])", expr))
+
+
+def dashboard(docs: Manifests) -> dict[str, Any]:
+    import json
+
+    cm = only([d for d in docs if d["metadata"]["name"].endswith("-dashboard")], "ConfigMap")
+    (text,) = cm["data"].values()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def test_observability_off_by_default(render: Callable[..., Manifests]) -> None:
+    docs = render()
+    assert "PrometheusRule" not in kinds(docs)
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_dashboard_configmap_carries_the_sidecar_label(render: Callable[..., Manifests]) -> None:
+    docs = render(observability_values())
+    cm = only([d for d in docs if d["metadata"]["name"].endswith("-dashboard")], "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "OMR"}
+    dash = dashboard(docs)
+    assert dash["uid"] == "omr-classifier" and dash["panels"]
+    titles = " | ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("requests/s", "errors/s by status", "latency", "batch size", "batch fill", "queue depth", "429",
+                  "where the time goes", "provider", "pods", "grpc"):  # fmt: skip
+        assert topic in titles, f"no panel about {topic!r}: {titles}"
+    custom = render({"grafanaDashboard": {"enabled": True, "labels": {"dash": "omr"}}})
+    labels = only([d for d in custom if d["metadata"]["name"].endswith("-dashboard")], "ConfigMap")["metadata"]
+    assert labels["labels"]["dash"] == "omr" and labels["labels"]["grafana_dashboard"] == "1"  # Helm merges maps
+
+
+def test_dashboard_and_alerts_use_exported_metric_names(render: Callable[..., Manifests]) -> None:
+    """Each series a panel or an alert selects is one service/metrics.py really exports (not a guess)."""
+    docs = render(observability_values())
+    exported = exported_series_names()
+    rules = only(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    for expr in dashboard_exprs(dashboard(docs)) + [r["expr"] for r in rules]:
+        names = metric_names(expr)
+        assert names, expr
+        assert names <= exported, f"{sorted(names - exported)} not exported (from {expr})"
+
+
+def test_prometheusrule_alerts_select_this_service(render: Callable[..., Manifests]) -> None:
+    """The alerts a platform team expects, each on the job the ServiceMonitor's scrape gives (the Service name)."""
+    docs = render(observability_values())
+    validate_all(docs)
+    rule = only(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(rules) == {"OMRLatencyP99AboveSLO", "OMRHighErrorRatio", "OMRSustained429s", "OMRQueueBacklog",
+                          "OMRPodsNotReady"}  # fmt: skip
+    service = only(docs, "Service")["metadata"]["name"]
+    for name, r in rules.items():
+        assert f'job="{service}"' in r["expr"] and 'namespace="omr"' in r["expr"], name
+        assert r["labels"]["severity"] in {"warning", "critical"} and r["annotations"]["summary"], name
+    assert rules["OMRLatencyP99AboveSLO"]["expr"].rstrip().endswith("> 0.5")
+    tuned = render(observability_values() | {"prometheusRule": {"enabled": True, "latencyP99Seconds": 0.25,
+                                                                "latencyFor": "2m"}})  # fmt: skip
+    latency = only(tuned, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+    assert latency["expr"].rstrip().endswith("> 0.25") and latency["for"] == "2m"
+
+
+def test_prometheusrule_shape_rejects_unknown_field(render: Callable[..., Manifests]) -> None:
+    import jsonschema
+
+    rule = copy.deepcopy(only(render(observability_values()), "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["duration"] = "5m"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
