@@ -20,8 +20,8 @@ answered, which is what the context argues.
 Appearance: with the request's pixel statistics (`service.core.sheet.crop_stats`, computed in the decode pass;
 column 0 = inner-disc darkness relative to the crop's paper level), the options of a question are also
 compared by how dark they are inside: a probability standout must be the darkest option too
-(`darkness_corroboration`), and an option far darker than all others (`darkness_gap`) is a rival beside a
-mark, or the flagged context answer of a row whose crops all read unmarked.
+(`darkness_corroboration`), and (only with `darkness_gap` set) an option far darker than all others is a
+rival beside a mark, or the flagged context answer of a row whose crops all read unmarked.
 The rule and its parameters are documented in docs/api.md ("Questions").
 
 Knows nothing of HTTP: `plan_questions` validates the request's grouping (raising `InvalidQuestions` naming
@@ -65,8 +65,11 @@ class QuestionRule:
     min_confidence: float = 0.8
     #: with pixel stats: a probability standout must also be this much darker (inner disc) than every other option
     darkness_corroboration: float = 0.02
-    #: with pixel stats: an option this much darker than every other option (all clean) stands out by appearance
-    darkness_gap: float = 0.10
+    #: with pixel stats: an option this much darker than every other option (all clean) stands out by appearance;
+    #: None (default) = off: on rows of unlike crops it fired far too often (docs/api.md, Questions: evidence)
+    darkness_gap: float | None = None
+    #: flag every context answer for review (`context_answer`): until out-of-fold real rows show it is safe
+    flag_context: bool = True
     max_options: int = MAX_OPTIONS
 
 
@@ -183,7 +186,7 @@ def _dark_standout(
     q: Sequence[float], among: Sequence[int], rule: QuestionRule, dark: Sequence[float] | None
 ) -> int | None:
     """The option of `among` at least `darkness_gap` darker inside than each other one, all of them clean."""
-    if dark is None or len(among) < 3:
+    if dark is None or rule.darkness_gap is None or len(among) < 3:
         return None
     top = max(among, key=lambda i: dark[i])
     if _darker_by(dark, top, among) >= rule.darkness_gap and all(q[i] <= rule.clean_p for i in among if i != top):
@@ -218,6 +221,8 @@ def decide_question(
         if pick is not None:
             status: Status = "answered"
             marked, decided_by = [pick], "context"
+            if rule.flag_context:
+                reasons.insert(0, "context_answer")
             odds = [qi / (1.0 - qi) for qi in q]
             confidence = odds[pick] / sum(odds)
         elif q[top] >= rule.doubt_p or (n >= 2 and q[top] >= rule.outlier_min_p and _gap(q, top) >= rule.outlier_gap):

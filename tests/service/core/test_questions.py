@@ -61,7 +61,8 @@ def test_decide_weak_outlier_among_clean_empties_is_the_answer(p: float) -> None
     assert (status, marked, decided_by) == ("answered", [2], "context")
     odds = [x / (1 - x) for x in ps]
     assert confidence == pytest.approx(odds[2] / sum(odds))
-    assert reasons == []  # clearly the answer: not flagged
+    assert reasons == ["context_answer"]  # flagged by default (flag_context) ...
+    assert run(ps, flag_context=False)[5] == []  # ... clearly the answer without it
 
 
 def test_decide_weak_outlier_needs_clean_neighbours() -> None:
@@ -206,8 +207,8 @@ def test_plan_reports_every_problem_at_once() -> None:
     assert "and 3 more" in err.value.message
 
 
-def run_dark(ps: list[float], dark: list[float], max_marks: int = 1):
-    return decide_question([crop(p) for p in ps], max_marks, QuestionRule(), dark)
+def run_dark(ps: list[float], dark: list[float], max_marks: int = 1, **rule: float):
+    return decide_question([crop(p) for p in ps], max_marks, QuestionRule(**rule), dark)
 
 
 def test_decide_probability_standout_must_look_darker() -> None:
@@ -221,18 +222,22 @@ def test_decide_probability_standout_must_look_darker() -> None:
 
 def test_decide_darkness_alone_is_a_flagged_context_answer() -> None:
     """Every crop reads clean, but one is far darker inside than the rest of its row (light pencil)."""
-    status, marked, _, _, decided_by, reasons = run_dark([0.01, 0.03, 0.01, 0.02], [0.05, 0.21, 0.06, 0.04])
+    ps, dark = [0.01, 0.03, 0.01, 0.02], [0.05, 0.21, 0.06, 0.04]
+    assert run_dark(ps, dark)[:2] == ("blank", [])  # off by default (darkness_gap None)
+    status, marked, _, _, decided_by, reasons = run_dark(ps, dark, darkness_gap=0.1, flag_context=False)
     assert (status, marked, decided_by) == ("answered", [1], "context")
-    assert "context_appearance" in reasons
-    assert run_dark([0.01, 0.03, 0.01, 0.02], [0.05, 0.09, 0.06, 0.04])[:2] == ("blank", [])  # print, noise
+    assert "context_appearance" in reasons  # flagged even without flag_context
+    assert run_dark(ps, [0.05, 0.09, 0.06, 0.04], darkness_gap=0.1)[:2] == ("blank", [])  # print, noise
 
 
 def test_decide_darker_option_beside_a_mark_is_a_possible_second_mark() -> None:
     """Erasure residue: the model reads it clean, but it is far darker than the other empties."""
-    status, marked, candidates, _, _, reasons = run_dark([0.99, 0.01, 0.02, 0.01], [0.9, 0.05, 0.2, 0.06])
+    ps = [0.99, 0.01, 0.02, 0.01]
+    status, marked, candidates, _, _, reasons = run_dark(ps, [0.9, 0.05, 0.2, 0.06], darkness_gap=0.1)
     assert (status, marked, candidates) == ("ambiguous", [0], [2])
     assert "possible_second_mark" in reasons
-    assert run_dark([0.99, 0.01, 0.02, 0.01], [0.9, 0.05, 0.08, 0.06])[:2] == ("answered", [0])
+    assert run_dark(ps, [0.9, 0.05, 0.08, 0.06], darkness_gap=0.1)[:2] == ("answered", [0])
+    assert run_dark(ps, [0.9, 0.05, 0.2, 0.06])[:2] == ("answered", [0])  # off by default
 
 
 def test_decide_questions_passes_each_question_its_darkness() -> None:
@@ -240,7 +245,7 @@ def test_decide_questions_passes_each_question_its_darkness() -> None:
     stats = np.array([[0.05, 0, 1], [0.3, 0, 1], [0.04, 0, 1], [0.9, 0, 1], [0.05, 0, 1], [0.06, 0, 1]], np.float32)
     plan = plan_questions(["a", "a", "a", "b", "b", "b"])
     ids = [str(i) for i in range(6)]
-    with_px = decide_questions(plan, decisions, ids, stats=stats)
+    with_px = decide_questions(plan, decisions, ids, QuestionRule(darkness_gap=0.1), stats=stats)
     assert [(r.status, r.marked, r.decided_by) for r in with_px] == [
         ("answered", ["1"], "context"),
         ("answered", ["3"], "crops"),
