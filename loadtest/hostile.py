@@ -163,7 +163,13 @@ def _idle(t: Target, n: int = 190) -> list[Answer]:
     finally:
         for s in socks:
             s.close()
+    _settle(t)
     return answers
+
+
+def _settle(t: Target) -> None:
+    """Wait until the server has seen the probe's connections close (its cap counts them until then)."""
+    wait_for(lambda: proc_fds(t.pid) < 64, 15)
 
 
 def _budget(t: Target, n: int = 6, size: int = 30 * 1024 * 1024) -> list[Answer]:
@@ -188,6 +194,7 @@ def _cap(t: Target) -> list[Answer]:
     finally:
         for s in socks:
             s.close()
+    _settle(t)
     return answers
 
 
@@ -317,7 +324,9 @@ def run(target: Target, selected: list[Probe] | None = None) -> dict[str, object
     fds_before, rss_before = proc_fds(target.pid), proc_status(target.pid, "VmRSS")
     with Canary(target.port) as canary, RssPeak(target.pid) as rss:
         for probe in selected or probes():
+            seen = len(canary.latencies)
             answers = probe.run(target)
+            stall = max(canary.latencies[seen:], default=0.0)  # the canary's slowest answer during this probe
             statuses = sorted({a.status for a in answers}, key=lambda s: -1 if s is None else s)
             ok = all(a.status in probe.expect for a in answers)
             rows.append(
@@ -329,6 +338,7 @@ def run(target: Target, selected: list[Probe] | None = None) -> dict[str, object
                     "seconds_max": round(max(a.seconds for a in answers), 3),
                     "answers": len(answers),
                     "rss_mib": round(proc_status(target.pid, "VmRSS") / 2**20, 1),
+                    "canary_max_s": round(stall, 3),
                 }
             )
     wait_for(lambda: proc_fds(target.pid) <= fds_before + 2, 15)
@@ -351,10 +361,14 @@ def run(target: Target, selected: list[Probe] | None = None) -> dict[str, object
 
 
 def markdown(report: dict[str, object]) -> str:
-    lines = ["| probe | family | statuses | ok | slowest answer s | RSS after MiB |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| probe | family | statuses | ok | slowest answer s | canary max s | RSS after MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["probes"]:  # type: ignore[attr-defined]
         statuses = ", ".join("closed" if s is None else str(s) for s in r["statuses"])
-        lines.append(f"| {r['probe']} | {r['family']} | {statuses} | {r['ok']} | {r['seconds_max']} | {r['rss_mib']} |")
+        cells = [r["probe"], r["family"], statuses, r["ok"], r["seconds_max"], r["canary_max_s"], r["rss_mib"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     c, m, f = report["canary"], report["rss_mib"], report["fds"]  # type: ignore[index]
     lines.append(
         f"\ncanary: {c['requests']} requests, {len(c['failures'])} failed, slowest {c['max_s']} s; "  # type: ignore[index]

@@ -74,8 +74,11 @@ def _inline_safe(images: Sequence[str | bytes], b64: bool) -> bool:
         if len(item) > (INLINE_MAX_BYTES * 4 // 3 + 4 if b64 else INLINE_MAX_BYTES):
             return False
         try:
-            data = base64.b64decode(item, validate=True) if b64 else item
-            header = sniff(data if isinstance(data, bytes) else data.encode())
+            data = item if isinstance(item, bytes) else item.encode()
+            if b64:  # PNG and BMP say all in their first 54 bytes: decode only those (the hot path: ~1 us)
+                head = base64.b64decode(data[:96], validate=True)
+                data = head if head[:2] in (b"\x89P", b"BM") else base64.b64decode(data, validate=True)
+            header = sniff(data)
         except (binascii.Error, ValueError):
             continue  # refused from its first bytes, wherever it is decoded: cheap here too
         if not header.simple or header.width * header.height > INLINE_MAX_PIXELS:

@@ -100,4 +100,7 @@ def test_log_rejections_rate_limited_and_answer_413_before_reset(h: Hostile) -> 
     written = len(re.findall("refused a request", h.log())) - before
     assert written <= 3, written  # 0 when an earlier test's bad_host warning still holds the 10 s window
     assert "refused a request (400 bad_host)" in h.log()
+    metrics = exchange(h.target.port, [b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n"]).body.decode()
+    counted = re.search(r'omr_rejections_total\{reason="bad_host"\} ([0-9.]+)', metrics)
+    assert counted and float(counted.group(1)) >= 300, metrics[-2000:]  # every refusal counted, if not logged
     assert "Traceback" not in h.log()
