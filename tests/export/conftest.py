@@ -1,23 +1,28 @@
-"""One small trained checkpoint and one full export per test session (the export is the expensive part)."""
+"""One small trained checkpoint and one full export per test session (the export is the expensive part).
+
+The full export (`exported`) is checked on the real-dev set (`real_dev` fixture, tests/conftest.py: skips
+without it, fails with CI=true). Tests about the export's mechanics (CLI, gates, reproducibility, --force) use
+`synthetic_labels` instead, a labelled set written here, so they run on any clone.
+"""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from export.data import DEFAULT_REAL_DEV, LabelledSet, load_labelled
+from export.data import LabelledSet, load_labelled
 from export.pipeline import ExportOptions, ExportResult, export_checkpoint
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.net import BubbleNet, build_model
 from models.synth import render_dataset
 from service.core.modelconfig import InputSpec, PreprocessSpec
-from service.core.taxonomy import CLASSES
-
-requires_real_dev = pytest.mark.skipif(not DEFAULT_REAL_DEV.is_file(), reason=f"real-dev set not at {DEFAULT_REAL_DEV}")
+from service.core.taxonomy import CLASSES, PROFILES
 
 
 def train_tiny(path: Path, n: int = 2048, steps: int = 300, seed: int = 0) -> Path:
@@ -74,13 +79,27 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    if not DEFAULT_REAL_DEV.is_file():
-        pytest.skip(f"real-dev set not at {DEFAULT_REAL_DEV}")
+def synthetic_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """labels.csv of 128 rendered crops (16 per class) as real PNGs, in the real-dev CSV format."""
+    root = tmp_path_factory.mktemp("synthetic-labelled")
+    (root / "crops").mkdir()
+    x, y = render_dataset(128, seed=21, workers=1)
+    with (root / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["crop_file", "label", "binary", "sheet_id"])
+        for i, (img, k) in enumerate(zip(x, y, strict=True)):
+            assert cv2.imwrite(str(root / "crops" / f"{i:04d}.png"), img)
+            label = CLASSES[int(k)]
+            w.writerow([f"crops/{i:04d}.png", label, int(label in PROFILES["ink"]), f"sheet{i // 16}"])
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, real_dev: Path) -> Exported:
     repo = tmp_path_factory.mktemp("repository")
     # a lenient INT8 gate here, so the INT8 file exists to be tested; the gate itself has its own test
-    opts = ExportOptions(benchmark=False, int8_max_binary_drop=1.0, threads=1, log=lambda _msg: None)
+    opts = ExportOptions(real_dev=real_dev, benchmark=False, int8_max_binary_drop=1.0, threads=1, log=lambda _m: None)
     result = export_checkpoint(checkpoint, repo, opts)
     model, meta = load_checkpoint(checkpoint)
-    real = load_labelled(DEFAULT_REAL_DEV, tuple(meta["classes"]), InputSpec(), PreprocessSpec())
+    real = load_labelled(real_dev, tuple(meta["classes"]), InputSpec(), PreprocessSpec())
     return Exported(checkpoint, repo, result, model, real)

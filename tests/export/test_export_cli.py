@@ -14,7 +14,6 @@ from export.__main__ import main
 from export.trt_build import main as trt_main
 from service.core.modelconfig import ModelConfig, load_config
 
-REPO = Path(__file__).resolve().parents[2]
 HAS_TRT = "TensorrtExecutionProvider" in ort.get_available_providers()
 
 
@@ -35,10 +34,11 @@ def test_cli_exits_1_when_version_exists(exported, capsys: pytest.CaptureFixture
     assert "nothing written" in capsys.readouterr().err
 
 
-def test_cli_writes_loadable_version(checkpoint, tmp_path: Path) -> None:
+def test_cli_writes_loadable_version(checkpoint, synthetic_labels: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "export", str(checkpoint), "--out", str(tmp_path), "--name", "m", "--version", "3",
-           "--variants", "fp32", "--no-benchmark", "--threads", "1", "--json"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+           "--variants", "fp32", "--no-benchmark", "--threads", "1", "--json",
+           "--real-dev", str(synthetic_labels)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # cwd: the session's empty folder
     assert proc.returncode == 0, proc.stderr
     printed = ModelConfig.model_validate(json.loads(proc.stdout))
     assert load_config(tmp_path / "m" / "3") == printed

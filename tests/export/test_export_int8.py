@@ -39,10 +39,15 @@ def test_int8_is_static_qdq_not_dynamic(exported) -> None:
     assert "DynamicQuantizeLinear" not in ops and "ConvInteger" not in ops
 
 
-def test_int8_not_offered_when_binary_accuracy_drops(checkpoint, tmp_path: Path) -> None:
+def test_int8_not_offered_when_binary_accuracy_drops(checkpoint, synthetic_labels: Path, tmp_path: Path) -> None:
     # a negative allowance: any INT8 fails the gate, exactly as one that lost > 0.1 point would
     opts = ExportOptions(
-        variants=("fp32", "int8"), benchmark=False, int8_max_binary_drop=-1.0, threads=1, log=lambda _m: None
+        variants=("fp32", "int8"),
+        real_dev=synthetic_labels,
+        benchmark=False,
+        int8_max_binary_drop=-1.0,
+        threads=1,
+        log=lambda _m: None,
     )
     result = export_checkpoint(checkpoint, tmp_path, opts)
     assert "int8" not in result.config.variants

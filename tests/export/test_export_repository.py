@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import onnx
@@ -70,10 +71,8 @@ def test_metadata_is_readable_with_onnx_alone(exported) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
 
 
-def test_real_dev_metrics_match_models_evaluate(exported) -> None:
-    from export.data import DEFAULT_REAL_DEV
-
-    report = evaluate(load_model(exported.version_dir), read_labels(DEFAULT_REAL_DEV), False, "ink", None)
+def test_real_dev_metrics_match_models_evaluate(exported, real_dev) -> None:
+    report = evaluate(load_model(exported.version_dir), read_labels(real_dev), False, "ink", None)
     recorded = exported.result.config.variants["fp32"].metrics
     assert report["binary_accuracy"] == pytest.approx(recorded["binary_accuracy"])
     assert report["accuracy"] == pytest.approx(recorded["accuracy"])
@@ -86,9 +85,27 @@ def test_export_refuses_existing_version_without_force(exported) -> None:
     assert (exported.version_dir / "config.json").read_bytes() == before
 
 
-def test_export_is_byte_reproducible(checkpoint, tmp_path) -> None:
-    opts = ExportOptions(variants=("fp32",), benchmark=False, threads=1, log=lambda _m: None)
+def test_export_is_byte_reproducible(checkpoint, synthetic_labels, tmp_path) -> None:
+    opts = ExportOptions(variants=("fp32",), real_dev=synthetic_labels, benchmark=False, threads=1, log=lambda _m: None)
     a = export_checkpoint(checkpoint, tmp_path / "a", opts).config.variants["fp32"].sha256
     b = export_checkpoint(checkpoint, tmp_path / "b", opts).config.variants["fp32"].sha256
     assert a == b
     assert not [p for p in (tmp_path / "a" / "omr-bubble").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_export_force_replaces_the_version(checkpoint, synthetic_labels, tmp_path) -> None:
+    """--force swaps the whole version: the new files, the new config, nothing of the old one left behind."""
+    common = {"real_dev": synthetic_labels, "benchmark": False, "threads": 1, "log": lambda _m: None}
+    first = export_checkpoint(checkpoint, tmp_path, ExportOptions(variants=("fp32", "int8"), int8_max_binary_drop=1.0,
+                                                                  **common))  # fmt: skip
+    assert (first.version_dir / "model.int8.onnx").is_file()
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        export_checkpoint(checkpoint, tmp_path, ExportOptions(variants=("fp32",), **common))
+    again = export_checkpoint(checkpoint, tmp_path, ExportOptions(variants=("fp32",), force=True, **common))
+    assert again.version_dir == first.version_dir
+    assert not (again.version_dir / "model.int8.onnx").exists()  # the old variant is gone with the old version
+    config = load_config(again.version_dir)
+    assert set(config.variants) == {"fp32"} and config == again.config
+    on_disk = hashlib.sha256((again.version_dir / "model.onnx").read_bytes()).hexdigest()
+    assert config.variants["fp32"].sha256 == on_disk  # the config describes the new file, not the old one
+    assert [p.name for p in (tmp_path / "omr-bubble").iterdir()] == ["1"]  # no staging or backup folder left
