@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loadtest.profile import top_functions, top_markdown
 
-_SVC = "/work/main/service"
+_SVC = "/srv/omr/service"  # any checkout path: only the part after service/ counts
 COLLAPSED = "\n".join(
     [
         f"thread (1): MainThread;run (uvicorn/main.py:1);classify ({_SVC}/http/classify.py:40);"
