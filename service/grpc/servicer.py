@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
 from service import __version__
 from service.errors import ServiceError, Unauthorized, Unavailable
@@ -148,7 +149,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not state.warmed.is_set():
                 raise Unavailable("the model is still warming up", retry_after_s=1)
             served = state.registry.get(request.model_name, request.model_version or None)
-            names = tensors.check_outputs(request)
             parse = functools.partial(tensors.parse_request, request, check_count=state.classifier.check_count)
             typed = sum(len(i.contents.uint_contents) for i in request.inputs)  # len() of a repeated field: O(1)
             if typed > INLINE_PARSE_MAX_ELEMENTS:  # converting millions of varints would stall the event loop
@@ -158,11 +158,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             common = {"deadline": deadline, "model": served.name, "version": served.version,
                       "profile": inputs.profile, "tta_requested": inputs.tta}  # fmt: skip
             if inputs.kind == "pixels":
-                assert not isinstance(inputs.data, list)
+                assert isinstance(inputs.data, np.ndarray)
                 result = await state.classifier.classify_raw(inputs.data, None, **common)
             else:
                 assert isinstance(inputs.data, list)
                 result = await state.classifier.classify_encoded(inputs.data, None, base64_encoded=False, **common)
-            return tensors.response(request, names, result)
+            return tensors.response(inputs, result)
 
         return await self._call("ModelInfer", context, work, health=False)

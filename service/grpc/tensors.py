@@ -1,4 +1,10 @@
-"""Protocol tensors <-> the classifier: the same inputs, outputs and error messages as REST V2 (`http/v2.py`).
+"""Protocol tensors <-> the classifier: the same inputs, outputs and error messages as REST V2.
+
+A ModelInferRequest is rewritten into the form REST V2's binary tensor extension takes (a JSON-like header +
+binary data) and decoded by REST's own strict decoder, `service.http.v2_request.decode` (transport-neutral: no
+FastAPI in it), so both transports accept exactly the same requests and refuse the rest with the same words.
+Only what the protobuf form can get wrong on its own (raw entries vs inputs, raw and typed contents at once,
+typed values out of range) is checked here.
 
 Inputs (exactly one per request), as raw contents (`raw_input_contents`, what tritonclient sends) or as typed
 contents (`InferInputTensor.contents`):
@@ -15,8 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,104 +29,67 @@ import numpy as np
 from service.core.classifier import Classification
 from service.errors import BadRequest
 from service.grpc import grpc_predict_v2_pb2 as pb
+from service.http import v2_request
+from service.http.v2_request import V2Request
 
-OUTPUT_NAMES = ("probabilities", "label", "marked")
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What the classifier needs from a ModelInferRequest."""
-
-    kind: str  # "pixels" (data: uint8 [N, H, W]) or "bytes" (data: list of encoded files)
-    data: np.ndarray | list[bytes]
-    tta: bool | None
-    profile: str | None
-
-
-def split_bytes(blob: bytes, count: int) -> list[bytes]:
-    """The protocol's BYTES serialisation: each element is a uint32 little-endian length, then the bytes."""
-    out, pos = [], 0
-    while pos < len(blob):
-        if pos + 4 > len(blob):
-            raise BadRequest("BYTES tensor data is truncated (length prefix)")
-        (size,) = struct.unpack_from("<I", blob, pos)
-        pos += 4
-        if pos + size > len(blob):
-            raise BadRequest("BYTES tensor data is truncated (element)")
-        out.append(blob[pos : pos + size])
-        pos += size
-        if len(out) > count:
-            break
-    if len(out) != count:
-        raise BadRequest(f"BYTES tensor has {len(out)} elements; its shape says {count}")
-    return out
+OUTPUT_NAMES = v2_request.OUTPUT_NAMES
 
 
 def join_bytes(items: list[bytes]) -> bytes:
+    """The protocol's BYTES serialisation: each element a uint32 little-endian length, then the bytes."""
     return b"".join(struct.pack("<I", len(s)) + s for s in items)
 
 
-def _parameter(params: Mapping[str, pb.InferParameter], name: str, choice: str, kind: str) -> Any:
-    if name not in params:
-        return None
-    value = params[name]
-    if value.WhichOneof("parameter_choice") != choice:
-        raise BadRequest(f"parameter {name!r} must be a {kind}")
-    return getattr(value, choice)
+def _value(p: pb.InferParameter) -> Any:
+    choice = p.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(p, choice)
 
 
-def parse_request(req: pb.ModelInferRequest, check_count: Callable[[int], None]) -> Inputs:
-    """Validate the one input tensor and the parameters; raise `BadRequest` with REST V2's messages.
+def _typed_to_raw(inp: pb.ModelInferRequest.InferInputTensor) -> bytes:
+    """Typed contents -> the raw bytes of the same tensor (REST's binary form); range and count checked here."""
+    c = inp.contents
+    if any(d < 0 for d in inp.shape):
+        return b""  # the decoder names the bad shape, as over REST
+    if inp.datatype == "UINT8":
+        count = math.prod(inp.shape) if len(inp.shape) else 0
+        if len(c.uint_contents) != count:
+            raise BadRequest(f"UINT8 data does not match shape {list(inp.shape)}")
+        arr = np.asarray(c.uint_contents, dtype=np.uint32)
+        if arr.size and arr.max() > 255:
+            raise BadRequest("UINT8 data must be integers 0-255")
+        return arr.astype(np.uint8).tobytes()
+    if inp.datatype == "BYTES":
+        return join_bytes(list(c.bytes_contents))
+    return b""  # any other datatype is refused by the decoder, as over REST
+
+
+def parse_request(req: pb.ModelInferRequest, check_count: Callable[[int], None]) -> V2Request:
+    """Validate the request as REST V2 does; raise `BadRequest` (and friends) with REST's messages.
 
     `check_count(n)` (the classifier's crop-count limit) runs as soon as the shape is known to be usable,
     before any element is split or converted.
     """
-    if len(req.inputs) != 1:
-        raise BadRequest("the request must have exactly one input: IMAGE (BYTES [N]) or PIXELS (UINT8 [N,H,W])")
-    inp = req.inputs[0]
-    raw: bytes | None = None
-    if req.raw_input_contents:
-        if len(req.raw_input_contents) != len(req.inputs):
-            raise BadRequest(
-                f"raw_input_contents has {len(req.raw_input_contents)} entries; the request has {len(req.inputs)} "
-                "input(s)"
-            )
-        if inp.HasField("contents"):
-            raise BadRequest("an input has both raw_input_contents and typed contents: send one of them")
-        raw = req.raw_input_contents[0]
-    shape = list(inp.shape)
-    if not all(d >= 0 for d in shape):
-        raise BadRequest("input shape must be a list of non-negative integers")
-    count = math.prod(shape) if shape else 0  # python ints: no overflow on absurd shapes
-    c = inp.contents
-    if inp.datatype == "BYTES" and len(shape) == 1:
-        check_count(shape[0])
-        if raw is not None:
-            data: np.ndarray | list[bytes] = split_bytes(raw, count)
-        elif len(c.bytes_contents) != count:
-            raise BadRequest(f"BYTES tensor has {len(c.bytes_contents)} elements; its shape says {count}")
-        else:
-            data = list(c.bytes_contents)
-        kind = "bytes"
-    elif inp.datatype == "UINT8" and len(shape) == 3:
-        check_count(shape[0])
-        if raw is not None:
-            if len(raw) != count:
-                raise BadRequest(f"UINT8 input has {len(raw)} bytes; shape {shape} needs {count}")
-            data = np.frombuffer(raw, np.uint8).reshape(shape)
-        else:
-            if len(c.uint_contents) != count:
-                raise BadRequest(f"UINT8 data does not match shape {shape}")
-            arr = np.asarray(c.uint_contents, dtype=np.uint32)
-            if arr.size and arr.max() > 255:
-                raise BadRequest("UINT8 data must be integers 0-255")
-            data = arr.astype(np.uint8).reshape(shape)
-        kind = "pixels"
-    else:
-        raise BadRequest(f"unsupported input {inp.datatype} {shape}: use IMAGE BYTES [N] or PIXELS UINT8 [N,H,W]")
-    tta = _parameter(req.parameters, "tta", "bool_param", "boolean")
-    profile = _parameter(req.parameters, "profile", "string_param", "string")
-    return Inputs(kind, data, tta, profile)
+    raws: list[bytes] = list(req.raw_input_contents)
+    if raws and len(raws) != len(req.inputs):
+        raise BadRequest(f"raw_input_contents has {len(raws)} entries; the request has {len(req.inputs)} input(s)")
+    if raws and any(i.HasField("contents") for i in req.inputs):
+        raise BadRequest("an input has both raw_input_contents and typed contents: send one of them")
+    if not raws and len(req.inputs) == 1:
+        raws = [_typed_to_raw(req.inputs[0])]
+    binary = b"".join(raws)
+    inputs = [
+        {"name": inp.name, "datatype": inp.datatype, "shape": list(inp.shape),
+         "parameters": {"binary_data_size": len(raw)}}
+        for inp, raw in zip(req.inputs, raws or [b""] * len(req.inputs), strict=True)
+    ]  # fmt: skip
+    head: dict[str, Any] = {
+        "inputs": inputs,
+        "parameters": {k: _value(v) for k, v in req.parameters.items()},
+        "outputs": [{"name": o.name} for o in req.outputs],
+    }
+    if req.id:
+        head["id"] = req.id
+    return v2_request.decode(head, binary, check_count)
 
 
 def _tensors(c: Classification) -> dict[str, tuple[str, list[int], bytes]]:
@@ -134,19 +102,11 @@ def _tensors(c: Classification) -> dict[str, tuple[str, list[int], bytes]]:
     }
 
 
-def check_outputs(req: pb.ModelInferRequest) -> list[str]:
-    """The requested output names (all when none is named); unknown names are a 400 before any work."""
-    names = [o.name for o in req.outputs] or list(OUTPUT_NAMES)
-    for name in names:
-        if name not in OUTPUT_NAMES:
-            raise BadRequest(f"unknown output {name!r}; outputs: {sorted(OUTPUT_NAMES)}")
-    return names
-
-
-def response(req: pb.ModelInferRequest, names: list[str], c: Classification) -> pb.ModelInferResponse:
+def response(req: V2Request, c: Classification) -> pb.ModelInferResponse:
+    """The requested outputs (all by default), in the requested order, as raw contents."""
     tensors = _tensors(c)
-    out = pb.ModelInferResponse(model_name=c.model.name, model_version=c.model.version, id=req.id)
-    for name in names:
+    out = pb.ModelInferResponse(model_name=c.model.name, model_version=c.model.version, id=req.id or "")
+    for name, _binary in req.outputs:  # gRPC outputs are always raw bytes: REST's binary_data has no meaning here
         datatype, shape, blob = tensors[name]
         out.outputs.add(name=name, datatype=datatype, shape=shape)
         out.raw_output_contents.append(blob)
