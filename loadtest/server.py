@@ -57,20 +57,47 @@ class Service:
         return f"http://{HOST}:{self.port}"
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the service process so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+        """User + system CPU time of the service so far: the process, its live workers (a pod of
+        `OMR_WORKERS`) and the workers it already reaped (Linux /proc)."""
+        total = 0
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+                if pid == self.process.pid:
+                    total += int(fields[13]) + int(fields[14])  # cutime, cstime: waited-for children
+        return total / _CLK_TCK
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """Resident memory of the process and its workers."""
+        total = 0
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
 
     def log_tail(self, chars: int = 3000) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-chars:]
         return ""
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from the parent pid in every /proc/<pid>/stat (kernels without
+    /proc/<pid>/task/<tid>/children lists too)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
 
 
 def _listening_inodes(port: int) -> set[str]:
