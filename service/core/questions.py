@@ -250,18 +250,12 @@ def decide_question(
         else:
             status, candidates = "answered", weak
         confidence = _p_exactly(q, set(marked))
-        if (
-            status == "answered"
-            and weak == marked
-            and len(marked) == 1
-            and marked[0]
-            in (
-                _standout(q, range(n), rule, dark),
-                _dark_standout(q, range(n), rule, dark),
-            )
-        ):
+        lone_weak = status == "answered" and weak == marked and len(marked) == 1
+        if lone_weak and not rule.flag_context and marked[0] in (_standout(q, range(n), rule, dark),
+                                                                 _dark_standout(q, range(n), rule, dark)):  # fmt: skip
             # one weak mark standing out of a clean row: the context confirms it, as it would pick it if its
-            # crop had read unmarked (so the confidence cannot drop as its p rises past 0.5)
+            # crop had read unmarked (so the confidence cannot drop as its p rises past 0.5); while context
+            # answers are flagged (flag_context), a lone weak mark keeps its own low confidence: flagged too
             odds = [qi / (1.0 - qi) for qi in q]
             confidence, candidates = odds[marked[0]] / sum(odds), []
     if confidence < rule.min_confidence:

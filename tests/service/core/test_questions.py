@@ -114,10 +114,14 @@ def test_decide_multi_select_within_max_marks_is_answered() -> None:
 
 def test_decide_lone_weak_mark_in_clean_row_is_confirmed_by_context() -> None:
     """p 0.6 beside clean options: as sure as the 0.49 outlier is (confidence never drops as p rises)."""
-    status, marked, candidates, confidence, decided_by, reasons = run([0.01, 0.6, 0.01])
+    status, marked, candidates, confidence, decided_by, reasons = run([0.01, 0.6, 0.01], flag_context=False)
     assert (status, marked, candidates, decided_by, reasons) == ("answered", [1], [], "crops", [])
     assert confidence == pytest.approx(1.5 / (1.5 + 2 * 0.01 / 0.99))
-    assert confidence >= run([0.001, 0.49, 0.001])[3] - 0.02
+    assert confidence >= run([0.001, 0.49, 0.001], flag_context=False)[3] - 0.02
+    # while context answers are flagged (default), the lone weak mark keeps its own confidence: flagged too
+    status, marked, candidates, confidence, _, reasons = run([0.01, 0.6, 0.01])
+    assert (status, marked, candidates, reasons) == ("answered", [1], [1], ["low_confidence"])
+    assert confidence == pytest.approx(0.6 * 0.99 * 0.99)
 
 
 def test_decide_lone_weak_mark_beside_unclean_options_is_flagged() -> None:
@@ -135,9 +139,10 @@ def test_decide_mark_moved_by_sheet_context_counts_on_its_decided_side() -> None
     assert confidence == pytest.approx(0.5 * 0.94 * 0.93)
     assert "low_confidence" in reasons
     clean = [crop(0.001), crop(0.3, marked=True), crop(0.002)]
-    status, marked, candidates, confidence, _, reasons = decide_question(clean, 1)
+    status, marked, candidates, confidence, _, reasons = decide_question(clean, 1, QuestionRule(flag_context=False))
     assert (status, marked, candidates, reasons) == ("answered", [1], [], [])
     assert confidence == pytest.approx(1.0 / (1.0 + 0.001 / 0.999 + 0.002 / 0.998))
+    assert decide_question(clean, 1)[5] == ["low_confidence"]  # default: flagged, like the crop itself
 
 
 def test_decide_single_option_question() -> None:
