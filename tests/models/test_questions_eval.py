@@ -125,3 +125,28 @@ def test_questions_eval_cli_end_to_end(make_model, tmp_path: Path, capsys: pytes
     # without the exclusion the sealed sheet is read, and its corrupt crops are an error (exit 2)
     assert qe.main(["--model", str(model), "--labels", str(labels), "--exclude-sources", ""]) == 2
     assert "cannot be decoded" in capsys.readouterr().err
+
+
+def test_questions_eval_out_of_fold_matches_the_same_model(make_model, mean_onnx, tmp_path, capsys) -> None:
+    """--folds: each source predicted by its fold's ONNX file; a fold file equal to the model gives its figures."""
+    from models.folds import Fold, write_manifest
+
+    rows = [("s1", "q1", o, g, int(g == DARK), "all") for o, g in zip("ABC", (LIGHT, DARK, LIGHT), strict=True)]
+    rows += [
+        ("s1", "q2", o, g, int(g == FAINT), "all") for o, g in zip("ABCD", (LIGHT, FAINT, LIGHT, LIGHT), strict=True)
+    ]
+    labels = _write_set(tmp_path / "set", rows)
+    model = make_model()
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    (folds / "s.onnx").write_bytes(mean_onnx.read_bytes())
+    write_manifest(folds, [Fold("s", ("s",), ("other",))], {"s": "s.onnx"}, {})
+    base = ["--model", str(model), "--labels", str(labels), "--json"]
+    assert qe.main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert qe.main([*base, "--folds", str(folds)]) == 0
+    oof = json.loads(capsys.readouterr().out)
+    assert oof["predictions"].startswith("out of fold") and "NOT an estimate" in plain["predictions"]
+    keys = ("questions", "accuracy", "review_rate", "wrong_unflagged", "status_confusion_truth_pred")
+    assert {k: oof[k] for k in keys} == {k: plain[k] for k in keys} and oof["questions"] == 2
+    assert qe.main([*base, "--sealed"]) == 2  # the sealed fold needs --folds and the sealed sources unexcluded
