@@ -100,6 +100,7 @@ class Container:
     eng: _dockerd.Engine
     cid: str
     port: int  # published on 127.0.0.1
+    grpc_port: int  # published on 127.0.0.1
     ready_s: float
 
     def inspect(self, fmt: str) -> str:
@@ -111,10 +112,11 @@ class Container:
 
 
 def start_container(eng: _dockerd.Engine) -> Container:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     t0 = time.monotonic()
-    cid = eng.docker("run", "-d", *CHART_LIKE, "-p", f"127.0.0.1:{port}:8000", IMAGE_TAG).stdout.strip()
-    c = Container(eng, cid, port, 0.0)
+    publish = ["-p", f"127.0.0.1:{port}:8000", "-p", f"127.0.0.1:{grpc_port}:8001"]
+    cid = eng.docker("run", "-d", *CHART_LIKE, *publish, IMAGE_TAG).stdout.strip()
+    c = Container(eng, cid, port, grpc_port, 0.0)
     try:
         wait_until(lambda: status_of("127.0.0.1", port, "/readyz") == 200 or c.inspect("{{.State.Running}}") != "true",
                    timeout_s=120, what="/readyz 200 from the container")  # fmt: skip
@@ -159,6 +161,18 @@ def test_readme_classify_example_answers_filled(container: Container) -> None:
     doc = json.loads(data)
     assert doc["results"][0]["id"] == "q12-B" and doc["results"][0]["label"] == "filled", doc
     assert doc["model"]["provider"] == "CPUExecutionProvider"
+
+
+def test_grpc_port_answers(container: Container) -> None:
+    """The Open Inference Protocol over gRPC on the image's port 8001 (published), through tritonclient.grpc."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{container.grpc_port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_model_metadata("omr-bubble").name == "omr-bubble"
+    finally:
+        client.close()
 
 
 def test_runs_unprivileged_on_a_read_only_root(container: Container) -> None:
