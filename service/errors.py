@@ -66,15 +66,19 @@ class InvalidCrops(BadRequest):
 
 
 class InvalidQuestions(BadRequest):
-    """The request's question grouping cannot be used; `questions` lists each with id, reason and message."""
+    """The request's question grouping cannot be used; `questions` lists each with id, reason and message
+    (the first `LISTED`; `total` counts them all). Ids are client strings: clipped in the message."""
 
     status = 422
     code = "invalid_questions"
+    LISTED = 100
 
     def __init__(self, questions: list[dict[str, Any]]) -> None:
-        first = questions[0]
-        more = f" (and {len(questions) - 1} more)" if len(questions) > 1 else ""
-        super().__init__(f"question {first['id']!r}: {first['message']}{more}", questions=questions)
+        first, total = questions[0], len(questions)
+        more = f" (and {total - 1} more)" if total > 1 else ""
+        super().__init__(
+            f"question {clip(first['id'])}: {first['message']}{more}", questions=questions[: self.LISTED], total=total
+        )
 
 
 class UnknownProfile(BadRequest):

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 
 from service.core.postprocess import Decision
-from service.errors import InvalidQuestions
+from service.errors import InvalidQuestions, clip
 
 Status = Literal["blank", "answered", "multiple", "ambiguous"]
 
@@ -104,7 +104,7 @@ class QuestionResult:
 
 
 def _problem(qid: str, reason: str, message: str) -> dict[str, str]:
-    return {"id": qid, "reason": reason, "message": message}
+    return {"id": qid[:256], "reason": reason, "message": message}  # ids are client strings: never echoed whole
 
 
 def plan_questions(
@@ -123,18 +123,18 @@ def plan_questions(
         if qid is None:
             continue
         if not isinstance(qid, str) or not qid:
-            problems.append(_problem(repr(qid), "invalid_id", f"crop {i}: question id must be a non-empty string"))
+            problems.append(_problem(str(qid), "invalid_id", f"crop {i}: question id must be a non-empty string"))
             continue
         groups.setdefault(qid, []).append(i)
     overrides = dict(overrides or {})
     default = 1 if max_marks is None else max_marks
     for qid, m in [("(request)", default), *overrides.items()]:
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            problems.append(_problem(qid, "invalid_max_marks", f"max_marks must be an integer >= 1, got {m!r}"))
+            problems.append(_problem(qid, "invalid_max_marks", f"max_marks must be an integer >= 1, got {clip(m)}"))
     for qid in overrides:
         if qid not in groups:
             problems.append(
-                _problem(qid, "unknown_question", f"max_marks given for question {qid!r}, no crop names it")
+                _problem(qid, "unknown_question", f"max_marks given for question {clip(qid)}, no crop names it")
             )
     if not groups and max_marks is not None and not overrides:
         problems.append(_problem("(request)", "no_questions", "max_marks given but no crop names a question"))
@@ -142,7 +142,7 @@ def plan_questions(
         if len(idx) > max_options:
             problems.append(
                 _problem(
-                    qid, "too_many_options", f"question {qid!r} has {len(idx)} options; the limit is {max_options}"
+                    qid, "too_many_options", f"question {clip(qid)} has {len(idx)} options; the limit is {max_options}"
                 )
             )
     if problems:

@@ -293,3 +293,14 @@ def test_decide_question_properties(rows: list[tuple[float, bool, float]], max_m
         assert len(marked) > max_marks and not candidates
     else:
         assert {"weak_mark", "weak_extra_mark", "possible_second_mark"} & set(reasons)
+
+
+def test_plan_clips_long_ids_and_caps_the_listed_problems() -> None:
+    """Client strings are never echoed whole; a body of 1,000 unknown questions lists 100 and counts them all."""
+    long_id = "q" * 5000
+    with pytest.raises(InvalidQuestions) as err:
+        plan_questions(["q1"], overrides={long_id: 2, **{f"x{i}": 2 for i in range(999)}})
+    body = err.value.body()
+    assert body["total"] == 1000 and len(body["questions"]) == InvalidQuestions.LISTED
+    assert len(body["error"]) < 300 and "5000 characters" in body["error"]
+    assert all(len(p["id"]) <= 256 and len(p["message"]) < 300 for p in body["questions"])
