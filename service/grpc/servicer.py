@@ -9,11 +9,12 @@ REST), then the work, then `service.errors` -> a status (`status.py`), and one c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -36,6 +37,7 @@ INLINE_PARSE_MAX_ELEMENTS = 1 << 16
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
+        self._held_bytes = 0
 
     def _authorize(self, context: grpc.aio.ServicerContext, health: bool) -> None:
         token = self.state.token
@@ -141,28 +143,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         async def work() -> pb.ModelInferResponse:
-            state = self.state
-            deadline = time.monotonic() + state.settings.request_timeout_s
+            deadline = time.monotonic() + self.state.settings.request_timeout_s
             remaining = context.time_remaining()  # the client's gRPC deadline, when it set one
             if remaining is not None:
                 deadline = min(deadline, time.monotonic() + remaining)
-            if not state.warmed.is_set():
+            if not self.state.warmed.is_set():
                 raise Unavailable("the model is still warming up", retry_after_s=1)
-            served = state.registry.get(request.model_name, request.model_version or None)
-            parse = functools.partial(tensors.parse_request, request, check_count=state.classifier.check_count)
-            typed = sum(len(i.contents.uint_contents) for i in request.inputs)  # len() of a repeated field: O(1)
-            if typed > INLINE_PARSE_MAX_ELEMENTS:  # converting millions of varints would stall the event loop
-                inputs = await asyncio.get_running_loop().run_in_executor(state.preprocess_pool, parse)
-            else:
-                inputs = parse()
-            common = {"deadline": deadline, "model": served.name, "version": served.version,
-                      "profile": inputs.profile, "tta_requested": inputs.tta}  # fmt: skip
-            if inputs.kind == "pixels":
-                assert isinstance(inputs.data, np.ndarray)
-                result = await state.classifier.classify_raw(inputs.data, None, **common)
-            else:
-                assert isinstance(inputs.data, list)
-                result = await state.classifier.classify_encoded(inputs.data, None, base64_encoded=False, **common)
-            return tensors.response(inputs, result)
+            with self._holding(request.ByteSize()):
+                return await self._infer(request, deadline)
 
         return await self._call("ModelInfer", context, work, health=False)
+
+    @contextlib.contextmanager
+    def _holding(self, size: int) -> Iterator[None]:
+        """REST's buffered-bytes budget (`http/limits.py`, `OMR_MAX_BUFFERED_BYTES`) for the request messages
+        this worker's gRPC calls hold until answered (grpc has read each whole before the handler runs)."""
+        budget = self.state.settings.max_buffered_bytes
+        if self._held_bytes + size > budget:
+            self.state.metrics.rejections.labels("buffer_budget").inc()
+            raise Unavailable(
+                f"the server holds too many request bodies right now ({budget} bytes); retry shortly", retry_after_s=1
+            )
+        self._held_bytes += size  # one event loop per worker: no lock needed
+        try:
+            yield
+        finally:
+            self._held_bytes -= size
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float) -> pb.ModelInferResponse:
+        state = self.state
+        served = state.registry.get(request.model_name, request.model_version or None)
+        parse = functools.partial(tensors.parse_request, request, check_count=state.classifier.check_count)
+        typed = sum(len(i.contents.uint_contents) for i in request.inputs)  # len() of a repeated field: O(1)
+        if typed > INLINE_PARSE_MAX_ELEMENTS:  # converting millions of varints would stall the event loop
+            inputs = await asyncio.get_running_loop().run_in_executor(state.preprocess_pool, parse)
+        else:
+            inputs = parse()
+        common = {"deadline": deadline, "model": served.name, "version": served.version,
+                  "profile": inputs.profile, "tta_requested": inputs.tta}  # fmt: skip
+        if inputs.kind == "pixels":
+            assert isinstance(inputs.data, np.ndarray)
+            result = await state.classifier.classify_raw(inputs.data, None, **common)
+        else:
+            assert isinstance(inputs.data, list)
+            result = await state.classifier.classify_encoded(inputs.data, None, base64_encoded=False, **common)
+        return tensors.response(inputs, result)

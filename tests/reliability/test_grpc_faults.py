@@ -151,3 +151,22 @@ def test_server_timeout_is_deadline_exceeded_with_rest_message(until: Callable) 
         r.injector.hold.release.set()
         rest = held.result(60)  # the held REST request ran out of time too: the same message
         assert rest.status_code == 504 and rest.json()["error"] == e.details()
+
+
+def test_buffered_bytes_budget_is_unavailable_with_rest_message(until: Callable) -> None:
+    """`max_buffered_bytes` bounds the request bytes a worker's gRPC calls hold while queued, as REST's bodies."""
+    with (
+        rig(max_buffered_bytes=64 * 1024, max_body_bytes=64 * 1024, **NO_WAIT_LIMIT) as r,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        held = r.hold_slot(pool)
+        first = pool.submit(r.stub.ModelInfer, infer_request(40), timeout=60)  # 40 KiB held while it waits
+        until(lambda: r.batcher.queued_rows == 40, what="the first call queued")
+        e = rpc_error(pool.submit(r.stub.ModelInfer, infer_request(30), timeout=60))  # 30 KiB more: over 64 KiB
+        assert e.code() == grpc.StatusCode.UNAVAILABLE
+        assert e.details() == (f"the server holds too many request bodies right now ({64 * 1024} bytes); retry shortly")
+        assert dict(e.trailing_metadata() or ())["retry-after"] == "1"
+        r.injector.hold.release.set()
+        assert held.result(60).status_code == 200
+        assert len(first.result(60).outputs) == 3
+        assert len(r.stub.ModelInfer(infer_request(30), timeout=60).outputs) == 3  # released: fits again
