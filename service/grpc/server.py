@@ -7,6 +7,8 @@ clients reconnect now and then so new workers/pods get their share.
 
 Front-door bounds (the gRPC side of the HTTP limits):
 - a message over `max_body_bytes` is refused by grpc before it is read whole (RESOURCE_EXHAUSTED);
+- the messages held by calls not yet answered are bounded by `max_buffered_bytes` (UNAVAILABLE + retry-after,
+  as REST's 503; the servicer counts them, apart from REST's own budget: a worker holds at most twice it);
 - at most `grpc_max_concurrent_rpcs` calls are in the process at once; more get RESOURCE_EXHAUSTED at once
   (grpc's own limit: nothing queues without bound), and `grpc_max_concurrent_streams` per connection;
 - keepalive pings find dead peers; idle connections close after `grpc_max_connection_idle_s`; clients may
