@@ -41,7 +41,8 @@ lock: $(BIN)/.installed
 install: $(BIN)/.installed
 
 # Optional system tools some tests use (wrk: benchmark smoke tests; prometheus/promtool: observability tests).
-# Best effort: installed with apt-get when running as root on Debian; without them those tests skip with a reason.
+# Best effort: installed with apt-get when running as root on Debian; without them those tests skip with a reason
+# (with CI=true they fail: tests/conftest.py, `needs_tool`).
 system-deps:
 	@if command -v wrk >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
