@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ def test_cli_help_lists_flags() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.needs_tool("promtool", hint="apt-get install -y prometheus")
 def test_metrics_pass_promtool_check(live_server, make_crops, b64_crops) -> None:
     with live_server(create_app(Settings())) as url:
         assert httpx.post(f"{url}/classify", json={"crops": b64_crops(make_crops(3))}, timeout=10).status_code == 200
