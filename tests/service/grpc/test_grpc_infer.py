@@ -4,18 +4,26 @@ process), results compared with REST V2's (`tritonclient.http`) for the same cro
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
+import uvicorn
 from reliability._support import SLOW_VALUE, FaultInjector
 from tritonclient.utils import InferenceServerException
 
+from loadtest.server import free_port
+from service.app import create_app
+from service.core.runtime import create_session
 from service.grpc import grpc_predict_v2_pb2 as pb
+from service.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +183,48 @@ def test_grpc_and_rest_share_one_session_and_batcher(make_grpc_service: Callable
         assert held.result(30).status_code == 200
         assert via_grpc.result(30).as_numpy("label").shape == (5,)
         assert len(session.calls) > calls and len(injector.sessions) == 1
+
+
+def test_not_ready_while_warming_up(until: Callable) -> None:
+    """Before warm-up ends: ServerLive true, ServerReady/ModelReady false, ModelInfer UNAVAILABLE + retry-after
+    (REST: 503). The first model call (warm-up's) is held on an event, so the window is certain, not timed."""
+    release = threading.Event()
+
+    class HeldWarmup:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def run(self, names: Any, feed: Any) -> Any:
+            release.wait(60)
+            return self.inner.run(names, feed)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    port = free_port()
+    app = create_app(Settings(grpc_port=port, log_level="warning"), lambda *a: HeldWarmup(create_session(*a)))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(pb.ServerLiveRequest(), wait_for_ready=True, timeout=60).live
+            assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            assert not stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=10).ready
+            req = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[bytes(32 * 32)])
+            req.inputs.add(name="PIXELS", datatype="UINT8", shape=[1, 32, 32])
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(req, timeout=10)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                "the model is still warming up",
+            )
+            assert dict(err.value.trailing_metadata() or ())["retry-after"] == "1"
+            release.set()
+            until(lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready, what="warm-up done")
+            assert stub.ModelInfer(req, timeout=60).model_name == MODEL
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(60)
