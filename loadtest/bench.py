@@ -5,8 +5,12 @@ One run, one machine, in this order:
    batch 1..1024), and the service's decode + preprocess + inference, in crops/s per core;
 2. the real service (`python -m service` on 127.0.0.1) under wrk: sheets (64 base64-PNG crops, 8 clients),
    single crops (64 clients), raw-tensor sheets and one 100-crop sheet at a time (idle latency), with
-   batching on (default settings) and off (OMR_MAX_BATCH_SIZE=1, OMR_MAX_DELAY_MS=0);
-3. the service's fraction of the ceiling and the issue's targets, pass or miss.
+   batching on (default settings: one worker per CPU the container is given), one worker (OMR_WORKERS=1:
+   what the extra workers bring) and batching off (OMR_MAX_BATCH_SIZE=1, OMR_MAX_DELAY_MS=0);
+3. the reference server (`loadtest.reference`: TorchServe, the bundled model behind its Java front end) under
+   the same sheets and single crops, unless `--no-reference` (or it is not installed: the reason is recorded);
+4. the service's fraction of the ceiling of the cores it is given, the ratios to the reference, and the
+   issues' targets, pass or miss.
 Writes `bench.json` and `bench.md` to the output folder and prints the markdown.
 """
 
@@ -23,9 +27,10 @@ from pathlib import Path
 import onnxruntime as ort
 import orjson
 
-from loadtest import ceiling, report, scenarios, server, wrkrun
+from loadtest import ceiling, reference, report, scenarios, server, wrkrun
 from loadtest.crops import CropPool
 from service.core.modelconfig import list_versions, load_config
+from service.serve.cpus import container_cpus
 from service.settings import BUNDLED_REPOSITORY
 
 # Both modes raise admission's latency cap (OMR_ADMISSION_MAX_WAIT_MS, default 200 ms) to the request
@@ -35,6 +40,7 @@ from service.settings import BUNDLED_REPOSITORY
 BENCH_ENV = {"OMR_ADMISSION_MAX_WAIT_MS": "10000"}
 # Batching off: one row per model call, no fill wait.
 BATCHING_OFF = {"OMR_MAX_BATCH_SIZE": "1", "OMR_MAX_DELAY_MS": "0"}
+ONE_WORKER = {"OMR_WORKERS": "1"}
 
 
 def machine() -> dict[str, object]:
@@ -46,6 +52,7 @@ def machine() -> dict[str, object]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "container_cpus": container_cpus(),  # what OMR_WORKERS=0 starts, and the cores the ceiling is scaled to
         "load_avg_1m_at_start": os.getloadavg()[0],
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
@@ -83,6 +90,7 @@ def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
     idle = scenarios.sheets_json(pool, args.idle_crops, 1, n_bodies=8, name="idle-sheet")
     modes = {
         "batching_on": ({}, [sheet, single, raw, idle]),
+        "one_worker": (ONE_WORKER, [sheet, single]),
         "batching_off": (BATCHING_OFF, [sheet, single]),
     }
     base_env = {"OMR_MODEL_VARIANT": args.variant, **BENCH_ENV}
@@ -99,13 +107,33 @@ def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
                     f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, failed {row['failed']}",
                     flush=True,
                 )
-            out[mode] = {"env": env, "scenarios": rows}
+            out[mode] = {"env": env, "workers": int(env.get("OMR_WORKERS", 0)) or container_cpus(), "scenarios": rows}
             if not env:
                 floor = scenarios.http_floor(svc, args.duration)
                 out[mode]["http_floor"] = floor
                 print(f"[service] GET /healthz: {floor['rps']:,.0f} req/s, "
                       f"{floor['cpu_us_per_request']:.0f} µs service CPU per request", flush=True)  # fmt: skip
     return out
+
+
+def run_reference(pool: CropPool, version_dir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """TorchServe under the sheet and single-crop shapes (same bodies, same wrk), or why it could not run."""
+    sheet = scenarios.sheets_json(pool, args.sheet_crops, args.sheet_clients)
+    single = scenarios.single_json(pool, args.single_clients)
+    try:
+        with reference.running(version_dir, single.bodies[0].data, Path(args.out) / "reference.log") as ref:
+            rows = []
+            for sc in (sheet, single):
+                row = {"scenario": sc.name, "description": sc.description,
+                       **reference.measure(ref, list(sc.bodies), sc.connections, sc.crops_per_request,
+                                           args.duration, args.warmup)}  # fmt: skip
+                rows.append(row)
+                print(f"[reference] {sc.name}: {row['crops_per_s']:,.0f} crops/s, p50 {row['p50_ms']:.1f} ms, "
+                      f"p99 {row['p99_ms']:.1f} ms, failed {row['failed']}", flush=True)  # fmt: skip
+            return {"server": ref.name, "scenarios": rows}
+    except (reference.ReferenceUnavailable, OSError, RuntimeError) as exc:
+        print(f"[reference] unavailable: {exc}", file=sys.stderr, flush=True)
+        return {"skipped": f"{type(exc).__name__}: {exc}"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,6 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crop-source", choices=["synth", "real"], default="synth")
     p.add_argument("--pool", type=int, default=1024, help="distinct crops to draw requests from")
     p.add_argument("--skip-service", action="store_true", help="in-process ceiling only")
+    p.add_argument("--no-reference", action="store_true", help="do not start TorchServe for the comparison")
     p.add_argument(
         "--priority",
         type=int,
@@ -163,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wrkrun.wrk_path()
             result["service"] = run_service(pool, args)
+            result["reference"] = (
+                {"skipped": "--no-reference"} if args.no_reference else run_reference(pool, version_dir, args)
+            )
         except wrkrun.WrkMissingError as exc:
             print(f"[bench] {exc}", file=sys.stderr)
             result["service"] = {"skipped": str(exc)}

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for fmt, suffix in (("raw", ".txt"), ("flamegraph", ".svg")):
             subprocess.run(
                 [spy, "record", "--pid", str(svc.process.pid), "--duration", str(args.seconds // 2 or 1),
-                 "--rate", str(args.rate), *spy_mode, "--threads", "--format", fmt,
+                 "--rate", str(args.rate), *spy_mode, "--threads", "--subprocesses", "--format", fmt,
                  "-o", str(base) + suffix],
                 check=True, capture_output=True, timeout=args.seconds + 60,
             )  # fmt: skip

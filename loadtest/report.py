@@ -14,6 +14,10 @@ TARGET_MODEL = 20_000.0  # crops/s/core, in-process, default model
 TARGET_FRACTION = 0.50  # service sheet traffic / in-process decode+infer ceiling
 TARGET_BATCHING = 3.0  # single-crop traffic, batching on / off
 TARGET_IDLE_P99_MS = 10.0  # one 100-crop sheet at a time
+# issue 13: every core, and the reference server (TorchServe) side by side in the same run
+TARGET_VS_REFERENCE_SHEETS = 1.5  # sheets crops/s / the reference's
+TARGET_VS_REFERENCE_SINGLE = 1.5  # single crops crops/s / the reference's
+TARGET_CORES_FRACTION = 0.80  # sheets crops/s / (in-process decode+infer ceiling per core x the cores given)
 #: a scenario with more failed requests than this is reported but not used for a target (figures of 429s)
 MAX_FAILED_RATIO = 0.01
 
@@ -71,9 +75,48 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     if idle:
         s["idle_sheet_p99_ms"] = idle["p99_ms"]
         targets.append(_target("one 100-crop sheet at idle, p99 ms", TARGET_IDLE_P99_MS, idle["p99_ms"], "<="))
+    _every_core(result, s, targets, pipe, on_sheet, on_single)
     s["targets"] = targets
     s["invalid_scenarios"] = invalid_scenarios(result)
     return s
+
+
+def _reference_row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for row in result.get("reference", {}).get("scenarios", []):
+        if row["scenario"] == name:
+            return row if row["failed"] <= MAX_FAILED_RATIO * max(1, row["requests"]) else None
+    return None
+
+
+def _every_core(
+    result: dict[str, Any],
+    s: dict[str, Any],
+    targets: list[dict[str, Any]],
+    pipe: float,
+    on_sheet: dict[str, Any] | None,
+    on_single: dict[str, Any] | None,
+) -> None:
+    """Issue 13's ratios: the cores' ceiling, the reference server, and what the extra workers brought."""
+    cores = int(result["machine"].get("container_cpus") or result["machine"].get("cores") or 1)
+    s["cores"] = cores
+    s["workers"] = result.get("service", {}).get("batching_on", {}).get("workers")
+    if on_sheet:
+        s["sheet_fraction_of_cores_ceiling"] = on_sheet["crops_per_s"] / (pipe * cores)
+        targets.append(_target(f"sheets / in-process ceiling of {cores} cores (wall)", TARGET_CORES_FRACTION,
+                               s["sheet_fraction_of_cores_ceiling"], ">="))  # fmt: skip
+    ref_sheet, ref_single = _reference_row(result, "sheets"), _reference_row(result, "single")
+    if on_sheet and ref_sheet and ref_sheet["crops_per_s"] > 0:
+        s["sheets_vs_reference"] = on_sheet["crops_per_s"] / ref_sheet["crops_per_s"]
+        targets.append(_target("sheets / TorchServe", TARGET_VS_REFERENCE_SHEETS, s["sheets_vs_reference"], ">="))
+    if on_single and ref_single and ref_single["crops_per_s"] > 0:
+        s["single_vs_reference"] = on_single["crops_per_s"] / ref_single["crops_per_s"]
+        targets.append(_target("single crops / TorchServe", TARGET_VS_REFERENCE_SINGLE, s["single_vs_reference"],
+                               ">="))  # fmt: skip
+    for shape in ("sheets", "single"):
+        one = _scenario(result, "one_worker", shape)
+        pod = on_sheet if shape == "sheets" else on_single
+        if one and pod and one["crops_per_s"] > 0:
+            s[f"{shape}_workers_speedup"] = pod["crops_per_s"] / one["crops_per_s"]
 
 
 def _target(name: str, target: float, measured: float, op: str) -> dict[str, Any]:
@@ -119,8 +162,9 @@ def markdown(result: dict[str, Any]) -> str:
     else:
         lines += [
             "",
-            "**Service** (`python -m service`, wrk closed loop, 127.0.0.1; default settings except "
-            "OMR_ADMISSION_MAX_WAIT_MS=10000, and for batching off OMR_MAX_BATCH_SIZE=1 OMR_MAX_DELAY_MS=0)",
+            "**Service** (`python -m service`, wrk closed loop, 127.0.0.1; default settings (on: "
+            f"{svc.get('batching_on', {}).get('workers', '?')} workers) except OMR_ADMISSION_MAX_WAIT_MS=10000; "
+            "one_worker: OMR_WORKERS=1; batching off: OMR_MAX_BATCH_SIZE=1 OMR_MAX_DELAY_MS=0)",
             "",
             "| batching | traffic | crops/s | req/s | p50 ms | p99 ms | failed | service cores | crops/service-CPU-s "
             "| load avg |",
@@ -158,7 +202,20 @@ def markdown(result: dict[str, Any]) -> str:
                     + " | ".join("–" if c is None else f"{c:.1f}" for c in cells)
                     + f" | {'–' if rows is None else f'{rows:.1f}'} |"
                 )
-    lines += ["", "**Targets** (issue 6)", "", "| target | goal | measured | met |", "|---|---:|---:|:-:|"]
+    ref = result.get("reference", {})
+    if ref.get("scenarios"):
+        lines += ["", f"**Reference**: {ref['server']} (same bodies, same wrk)", "",
+                  "| traffic | crops/s | p50 ms | p99 ms | failed | server cores | RSS MB | load avg |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in ref["scenarios"]:
+            lines.append(
+                f"| {r['scenario']}: {r['description']} | {_fmt(r['crops_per_s'])} | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['failed']} | {r['service_cores_used']:.2f} | {r['rss_mb']:.0f} | "
+                f"{r['load_avg_1m']:.1f} |"
+            )
+    elif ref.get("skipped"):
+        lines += ["", f"**Reference**: not run ({ref['skipped']})"]
+    lines += ["", "**Targets** (issues 6 and 13)", "", "| target | goal | measured | met |", "|---|---:|---:|:-:|"]
     for t in s["targets"]:
         lines.append(f"| {t['name']} | {t['target']} | {_fmt(t['measured'])} | {'yes' if t['met'] else 'NO'} |")
     if s.get("invalid_scenarios"):
@@ -167,6 +224,9 @@ def markdown(result: dict[str, Any]) -> str:
     extra = []
     if "sheet_fraction_wall_vs_1core" in s:
         extra.append(f"sheets wall crops/s vs one core's ceiling: {s['sheet_fraction_wall_vs_1core']:.0%}")
+    for shape in ("sheets", "single"):
+        if f"{shape}_workers_speedup" in s:
+            extra.append(f"{shape}: {s['workers']} workers / 1 worker {s[f'{shape}_workers_speedup']:.2f}x")
     if "sheet_batching_speedup" in s:
         extra.append(f"sheets batching on/off: {s['sheet_batching_speedup']:.2f}x")
     if "single_cpu_us_per_request" in s:

@@ -43,8 +43,30 @@ def test_summarise_computes_ratios_and_verdicts() -> None:
         "service sheets / ceiling (per core)": True,
         "single crops, batching on/off": True,
         "one 100-crop sheet at idle, p99 ms": False,
+        "sheets / in-process ceiling of 2 cores (wall)": False,  # 6,000 of 2 x 10,000
     }
+    assert s["sheet_fraction_of_cores_ceiling"] == 0.3
     assert s["invalid_scenarios"] == []
+
+
+def test_summarise_compares_with_the_reference_and_one_worker() -> None:
+    result = _result()
+    result["machine"]["container_cpus"] = 2
+    result["service"]["batching_on"]["workers"] = 2
+    result["service"]["one_worker"] = {"env": {"OMR_WORKERS": "1"}, "workers": 1,
+                                       "scenarios": [_row("sheets", 4_000), _row("single", 450)]}  # fmt: skip
+    result["reference"] = {"server": "TorchServe", "scenarios": [{**_row("sheets", 5_000), "rss_mb": 500.0,
+                                                                  "load_avg_1m": 1.0},
+                                                                 {**_row("single", 600), "rss_mb": 500.0,
+                                                                  "load_avg_1m": 1.0}]}  # fmt: skip
+    s = report.summarise(result)
+    verdicts = {t["name"]: t["met"] for t in s["targets"]}
+    assert s["sheets_vs_reference"] == 1.2 and verdicts["sheets / TorchServe"] is False
+    assert s["single_vs_reference"] == 1.5 and verdicts["single crops / TorchServe"] is True
+    assert s["sheets_workers_speedup"] == 1.5 and s["single_workers_speedup"] == 2.0
+    result["summary"] = s
+    md = report.markdown(result)
+    assert "**Reference**: TorchServe" in md and "2 workers / 1 worker 2.00x" in md
 
 
 def test_summarise_leaves_out_scenarios_of_failed_requests() -> None:
