@@ -149,6 +149,12 @@ class Settings(BaseSettings):
             raise ValueError("auth_token must be at least 16 characters")
         return self
 
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> Settings:
+        if self.max_buffered_bytes < self.max_body_bytes:  # else every body near the limit would get 503
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        return self
+
     def bearer_token(self) -> str | None:
         """The configured token, read from the secret file if one is named."""
         if self.auth_token_file is not None:

@@ -76,7 +76,8 @@ class BodyBudget:
     @staticmethod
     async def _send_error(exc: Unavailable, send: Send) -> None:
         body = orjson.dumps(exc.body())
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]  # the body is not read: the front door lingers, then closes  # fmt: skip
         headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
         await send({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

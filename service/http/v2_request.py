@@ -183,5 +183,5 @@ def decode(req: Any, binary: bytes, check_count: Callable[[int], None]) -> V2Req
         if len(data) != math.prod(shape):
             raise BadRequest(f"UINT8 input has {len(data)} bytes; shape {shape} needs {math.prod(shape)}")
         return V2Request(rid, "pixels", np.frombuffer(data, np.uint8).reshape(shape), tta, profile, outputs)
-    raise BadRequest(f"unsupported input {clip(datatype, 16)} {clip(shape, 40)}: use IMAGE BYTES [N] or PIXELS "
-                     "UINT8 [N,H,W]")  # fmt: skip
+    what = f"{str(datatype)[:16]} {str(shape)[:40]}"  # clipped: both are the client's
+    raise BadRequest(f"unsupported input {what}: use IMAGE BYTES [N] or PIXELS UINT8 [N,H,W]")

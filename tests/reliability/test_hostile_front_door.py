@@ -104,3 +104,14 @@ def test_log_rejections_rate_limited_and_answer_413_before_reset(h: Hostile) -> 
     counted = re.search(r'omr_rejections_total\{reason="bad_host"\} ([0-9.]+)', metrics)
     assert counted and float(counted.group(1)) >= 300, metrics[-2000:]  # every refusal counted, if not logged
     assert "Traceback" not in h.log()
+
+
+def test_cover_the_body_read_with_the_request_deadline_408() -> None:
+    """With a 1 s request deadline and a 30 s body timeout, a trickled body gets 408 `request_timeout` from the
+    route at the deadline (the deadline covers reading), and the connection closes."""
+    env = {"OMR_REQUEST_TIMEOUT_S": "1", "OMR_BODY_TIMEOUT_S": "30"}
+    with hostile_service(env) as slow, watched(slow, max_rss_growth=64 * MiB):
+        answer = exchange(slow.target.port, [post("/classify", bytes(1000))[:-10]], read_timeout=20)
+        assert answer.status == 408 and b'"code":"request_timeout"' in answer.body, (answer.status, answer.body)
+        assert 0.9 <= answer.seconds < 10, answer.seconds
+        assert b"connection: close" in answer.head.lower()
