@@ -70,7 +70,6 @@ class QuestionRule:
     darkness_gap: float | None = None
     #: flag every context answer for review (`context_answer`): until out-of-fold real rows show it is safe
     flag_context: bool = True
-    max_options: int = MAX_OPTIONS
 
 
 DEFAULT_RULE = QuestionRule()
