@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 def options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments (grpc core's `GRPC_ARG_*` names) from the settings."""
     opts = [
+        ("grpc.so_reuseport", 1),  # grpc's Linux default, set so it cannot change under us: workers share the port
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
         ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
