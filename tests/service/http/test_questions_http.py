@@ -73,7 +73,7 @@ def test_questions_single_choice_multiple_and_blank(url) -> None:
 
 def test_questions_weak_outlier_among_clean_empties_is_the_answer(url) -> None:
     """A light mark the model alone calls unmarked (0.1 <= p < 0.5), beside five clean bubbles of its row."""
-    ramp = {g: b64(bubble(g)) for g in range(200, 135, -5)}
+    ramp = {g: b64(bubble(g)) for g in range(245, 59, -5)}  # wide: a retrained model still crosses 0.1-0.5
     alone = {}
     for g, image in ramp.items():  # each crop alone: a one-crop request gets the context-free answer
         r = post(url, {"crops": [{"image": image}]})
