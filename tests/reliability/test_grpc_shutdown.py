@@ -88,6 +88,7 @@ def send(client: tg.InferenceServerClient, inp: tg.InferInput, n: int, calls: Ca
 class Grpc:
     svc: service_process.Service
     port: int
+    workers: int
 
     @property
     def target(self) -> str:
@@ -101,7 +102,7 @@ def svc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Grpc]:
            "OMR_GRPC_PORT": str(port), "OMR_WORKERS": str(request.param), "OMR_LOG_LEVEL": "info"}  # fmt: skip
     s = service_process.start(env, tmp_path / "service.log")
     try:
-        yield Grpc(s, port)
+        yield Grpc(s, port, request.param)
     finally:
         if s.process.poll() is None:
             s.process.kill()
@@ -175,6 +176,9 @@ def sigterm_under_load(svc: Grpc, follow_readiness: bool) -> Run:
 
 
 def check_common(svc: Grpc, run: Run) -> None:
+    log = svc.svc.log_tail(10**7)
+    assert log.count("gRPC (Open Inference Protocol) listening on") == svc.workers, "a gRPC server per worker"
+    assert log.count("gRPC: refusing new calls") == svc.workers, "every worker's gRPC server drained"
     assert not run.calls.of("lost"), f"calls lost: {run.calls.of('lost')[:5]}"
     assert run.code == 0, svc.svc.log_tail()
     assert run.t_exit - run.t_term < GRACE_S
