@@ -12,11 +12,15 @@ them) plus one dead target (for `up == 0`):
 The rendered rules are also loaded into Prometheus as a rule file: each must evaluate with health "ok" and
 reach pending or firing. The load runs until every expression has answered (polled, bounded) - no sleeps.
 Dashboard variables: `$namespace` -> omr, `$job` -> the Service name, `$__rate_interval` -> 30s.
+And with the chart's default thresholds, `promtool test rules` on synthetic series: a healthy pod (0.5 % 5xx,
+0.5 % 429s, p99 < 100 ms, 300 rows queued) and an idle one raise nothing; a pod that stops being ready raises
+OMRPodsNotReady after its 10 minutes, not before.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import re
@@ -267,3 +271,71 @@ def test_every_expression_returns_series_under_load(pods: Pods, prometheus: str)
     assert set(alerts) == {r["alert"] for r in spec["groups"][0]["rules"]}, sorted(alerts)
     assert {429, 504} <= statuses["overloaded"] and 422 in statuses["ok"], statuses
     assert all(re.search(r"\bomr_|\bup\b", e) for e in queries.values())
+
+
+def render_defaults() -> dict[str, Any]:
+    """The PrometheusRule spec with the chart's default thresholds."""
+    import helm_python as helm
+
+    out = helm.Chart.load(CHART).render({"prometheusRule": {"enabled": True}}, name=RELEASE, namespace=NAMESPACE,
+                                        is_install=True)  # fmt: skip
+    docs = [d for path, text in out.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    return rule["spec"]  # type: ignore[no-any-return]
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    all_labels = {"namespace": NAMESPACE, "job": JOB, "instance": "10.0.0.1:8000", **labels}
+    return {"series": name + "{" + ", ".join(f'{k}="{v}"' for k, v in all_labels.items()) + "}", "values": values}
+
+
+def healthy_pod(instance: str = "10.0.0.1:8000", ready: str = "1x40", up: str = "1x40") -> list[dict[str, str]]:
+    """40 minutes of a healthy pod at 100 req/s: 0.5 % 5xx, 0.5 % 429, p99 in the 75-100 ms buckets, 300 rows
+    queued, probes ignored by the rules. Counters in samples per minute (rate = per minute / 60)."""
+    s = functools.partial(_series, instance=instance)
+    ok = {"endpoint": "/classify", "status": "200"}
+    out = [
+        s("omr_requests_total", "0+6000x40", **ok),
+        s("omr_requests_total", "0+30x40", endpoint="/classify", status="504"),
+        s("omr_requests_total", "0+30x40", endpoint="/classify", status="429"),
+        s("omr_requests_total", "0+600x40", endpoint="/readyz", status="503"),  # probes: never counted
+        s("omr_queue_depth_rows", "300x40", model="omr-bubble"),
+        s("omr_ready", ready),
+        s("up", up),
+    ]
+    for le, per_min in [("0.05", 5000), ("0.075", 5900), ("0.1", 6000), ("+Inf", 6000)]:
+        out.append(s("omr_request_duration_seconds_bucket", f"0+{per_min}x40", le=le, **ok))
+    return out
+
+
+def promtool_test(tmp_path: Path, spec: dict[str, Any], tests: list[dict[str, Any]]) -> None:
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump({"groups": spec["groups"]}))
+    doc = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(doc))
+    run = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_default_thresholds_stay_quiet_on_a_healthy_pod(tmp_path: Path) -> None:
+    """`promtool test rules` with the chart's defaults: a healthy pod (and one with no traffic at all) raises no
+    alert; a pod that stops reporting ready raises OMRPodsNotReady only after its 10 minutes."""
+    spec = render_defaults()
+    alerts = [r["alert"] for r in spec["groups"][0]["rules"]]
+    quiet = [{"eval_time": "35m", "alertname": a, "exp_alerts": []} for a in alerts]
+    idle_pod = functools.partial(_series, instance="10.0.0.2:8000")
+    idle = [idle_pod("omr_ready", "1x40"), idle_pod("up", "1x40"),
+            idle_pod("omr_requests_total", "0x40", endpoint="/classify", status="200")]  # fmt: skip
+    not_ready = {"exp_labels": {"severity": "warning", "namespace": NAMESPACE, "job": JOB},
+                 "exp_annotations": {
+                     "summary": f"1 pod(s) of {JOB} not ready or not scraped",
+                     "description": "A pod reports omr_ready 0 (loading, a worker down, draining) or Prometheus cannot "
+                                    "scrape it (up 0) for 10m."}}  # fmt: skip
+    promtool_test(tmp_path, spec, [
+        {"interval": "1m", "input_series": healthy_pod() + idle, "alert_rule_test": quiet},
+        {"interval": "1m", "input_series": healthy_pod(ready="1x10 0x30"), "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "OMRPodsNotReady", "exp_alerts": []},  # pending: 5 of its 10 minutes
+            {"eval_time": "25m", "alertname": "OMRPodsNotReady", "exp_alerts": [not_ready]},
+            {"eval_time": "25m", "alertname": "OMRHighErrorRatio", "exp_alerts": []},
+        ]},
+    ])  # fmt: skip
