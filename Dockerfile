@@ -86,6 +86,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     OMR_PORT=8000 \
     OMR_PROVIDERS='["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]' \
     OMR_TRT_CACHE_DIR=/var/cache/omr-trt \
+    OMR_WORKERS=2 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 # Fail the build, not the first GPU pod, if a CUDA/cuDNN/TensorRT library the providers link is missing or of
@@ -139,7 +140,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     OMR_HOST=0.0.0.0 \
     OMR_PORT=8000 \
-    OMR_PROVIDERS='["CPUExecutionProvider"]'
+    OMR_PROVIDERS='["CPUExecutionProvider"]' \
+    OMR_WORKERS=0
+# OMR_WORKERS: worker processes on the shared port. CPU 0 = one per CPU the container is given (the cgroup quota
+# of `docker run --cpus` / a pod's CPU limit, not the host's count); GPU 2 = two CUDA contexts, each batching its
+# own traffic (docs/performance.md, "every core").
 WORKDIR /app
 # Code after dependencies. Only what the service needs: the `service` package and the model repository
 # (the default OMR_MODEL_REPOSITORY resolves to /app/models/repository). Root-owned and read-only to `omr`.
