@@ -181,3 +181,18 @@ def test_cpu_build_installs_the_hashed_lock(dockerfile: str) -> None:
     assert "pip install --require-hashes --no-deps -r runtime.lock" in cpu and "pip check" in cpu
     gpu = " ".join(a for i, a in stages(dockerfile)["gpu-build"] if i == "RUN")
     assert "runtime.lock" in gpu
+
+
+def test_gpu_build_pins_are_the_locks(dockerfile: str, tmp_path: Path) -> None:
+    """The GPU build cannot run here (its base is on NVIDIA's registry), but its first step can: the command that
+    turns the lock into the GPU requirements gives every locked pin except onnxruntime (replaced by -gpu)."""
+    run = next(a for i, a in stages(dockerfile)["gpu-build"] if i == "RUN" and "runtime.lock" in a)
+    first = run.split("&&")[0].strip()  # python -c "..." > requirements.txt
+    assert first.startswith("python -c ") and first.endswith("> requirements.txt"), first
+    lock = (REPO / "requirements" / "runtime.lock").read_text()
+    (tmp_path / "runtime.lock").write_text(lock)
+    subprocess.run(["sh", "-c", sys.executable + first.removeprefix("python")], cwd=tmp_path, check=True, timeout=60)
+    pins = (tmp_path / "requirements.txt").read_text().split()
+    locked = re.findall(r"^([A-Za-z0-9._-]+==[^\s;]+)", lock, re.M)
+    assert pins == [p for p in locked if not p.startswith("onnxruntime")], pins
+    assert len(pins) == len(locked) - 1 and len(pins) > 10
