@@ -131,7 +131,7 @@ def test_client_deadline_drops_queued_rows(until: Callable) -> None:
         held = r.hold_slot(pool)
         (session,) = r.injector.sessions
         calls_before = len(session.calls)
-        e = rpc_error(pool.submit(r.stub.ModelInfer, infer_request(50), timeout=1.0))
+        e = rpc_error(pool.submit(r.stub.ModelInfer, infer_request(50), timeout=3.0))
         assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.details()
         until(lambda: r.batcher.queued_rows == 0, what="the late request's rows dropped from the queue")
         r.injector.hold.release.set()
