@@ -8,11 +8,12 @@ a normal client (the canary) was served meanwhile.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
 
-from loadtest.hostile import post
+from loadtest.hostile import bubble_png, classify_json, post
 from loadtest.rawhttp import exchange
 from tests.reliability._hostile import Hostile, MiB, hostile_service, statuses, watched
 
@@ -115,3 +116,22 @@ def test_cover_the_body_read_with_the_request_deadline_408() -> None:
         assert answer.status == 408 and b'"code":"request_timeout"' in answer.body, (answer.status, answer.body)
         assert 0.9 <= answer.seconds < 10, answer.seconds
         assert b"connection: close" in answer.head.lower()
+
+
+def test_keep_smuggling_refused_and_pipelining_in_order(h: Hostile) -> None:
+    """What held up before the front door must still: CL+TE, two Content-Lengths and obs-fold are 400 and closed;
+    three pipelined requests (GET, POST, GET) are answered in order on one connection."""
+    with watched(h, max_rss_growth=64 * MiB):
+        for shape in (b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                      b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello", b"X-A: a\r\n b\r\n\r\n"):  # fmt: skip
+            answer = exchange(h.target.port, [b"POST /classify HTTP/1.1\r\nHost: h\r\n" + shape])
+            assert answer.status == 400 and b"connection: close" in answer.head.lower(), (shape, answer.head)
+        pipelined = [b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n", post("/classify", classify_json([bubble_png()])),
+                     b"GET /readyz HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"]  # fmt: skip
+        with socket.create_connection(("127.0.0.1", h.target.port), timeout=20) as sock:
+            sock.sendall(b"".join(pipelined))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 3, data[:500]
+    assert data.index(b'{"status":"live"}') < data.index(b'"results"') < data.index(b'"status":"ready"'), data[:500]
