@@ -23,7 +23,8 @@ def tracked_files() -> list[Path]:
     else:  # not a git checkout (an sdist, an image): every file but the environment and caches
         skip = {".venv", ".git", "runs", "__pycache__", ".pytest_cache", ".ruff_cache"}
         names = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and not skip & set(p.parts)]
-    return [REPO / n for n in names if not n.startswith(ARTIFACTS)]
+    this = str(Path(__file__).resolve().relative_to(REPO))  # its own examples below
+    return [REPO / n for n in names if not n.startswith(ARTIFACTS) and n != this]
 
 
 def test_no_source_file_names_a_machine_path() -> None:
