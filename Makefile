@@ -37,7 +37,7 @@ lock: $(BIN)/.installed
 	  echo "# versions the test suite runs; tests/deploy/test_lock.py checks it against pyproject's ranges."; \
 	  cat $(VENV)/runtime.lock; } > requirements/runtime.lock
 
-.PHONY: install serve test lint model system-deps lock
+.PHONY: install serve test lint model system-deps lock gpu-check
 install: $(BIN)/.installed
 
 # Optional system tools some tests use (wrk: benchmark smoke tests; prometheus/promtool: observability tests).
@@ -70,6 +70,12 @@ model: $(BIN)/.installed
 
 serve: $(BIN)/.installed-serve
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+# On a GPU machine (<= 5 min): active providers, fp16/TensorRT parity on real-dev, TensorRT engine build and
+# reuse, crops/s per batch bucket, the service under load -> runs/gpu-check/gpu-check.md. On CPU it still writes
+# the report, naming the missing providers (add GPU_CHECK_ARGS=--require-gpu to fail instead).
+gpu-check: $(BIN)/.installed
+	$(BIN)/python -m loadtest.gpu_check --out runs/gpu-check --real-dev $(REAL_LABELS) $(GPU_CHECK_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
