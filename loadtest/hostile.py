@@ -313,6 +313,34 @@ def probes() -> list[Probe]:
             ),
             frozenset({400}),
         ),
+        Probe(
+            "upgrade-websocket",
+            "conformance",
+            _one(
+                lambda: [
+                    hdr + b"Host: h\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZQ==\r\n\r\n"
+                ]
+            ),
+            REFUSED | {200},
+        ),  # served as plain HTTP (no WebSocket protocol without these limits)
+        Probe(
+            "http2-preface", "conformance", _one(lambda: [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), frozenset({400, None})
+        ),
+        Probe(
+            "chunked-1-byte-x1M",
+            "slow-body",
+            _one(
+                lambda: [
+                    b"POST /classify HTTP/1.1\r\nHost: h\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"1\r\nx\r\n" * (1 << 20)
+                    + b"0\r\n\r\n"
+                ],
+                30,
+            ),
+            frozenset({400, 408}),
+        ),
         Probe("413-body-first", "logs", _one(lambda: [post("/classify", bytes(40 << 20))]), frozenset({413})),
     ]
     return out

@@ -67,7 +67,8 @@ class _Refusal(Exception):
 
 def uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.Config` that install the front door (call it in every worker)."""
-    return {"http": guarded_protocol(FrontDoorLimits.from_settings(settings))}
+    # no WebSocket routes: an Upgrade must not hand the socket to a protocol without these limits
+    return {"http": guarded_protocol(FrontDoorLimits.from_settings(settings)), "ws": "none"}
 
 
 def guarded_protocol(limits: FrontDoorLimits) -> type[GuardedHttpToolsProtocol]:
@@ -174,6 +175,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError:
             self._refuse(_Refusal(400, "bad_http", "malformed HTTP request"))
+
+    def _unsupported_upgrade_warning(self) -> None:
+        rejected.warning("upgrade", "ignored an Upgrade request (no WebSocket or HTTP/2 upgrade is served)")
 
     # --- parser callbacks ---
     def on_message_begin(self) -> None:
