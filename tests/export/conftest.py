@@ -95,6 +95,16 @@ def synthetic_labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_export(checkpoint: Path, synthetic_labels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full export (every variant) checked on `synthetic_labels`: its version folder. For tests of the artifact
+    itself (refusal of damaged copies), which need no real data."""
+    opts = ExportOptions(
+        real_dev=synthetic_labels, benchmark=False, int8_max_binary_drop=1.0, threads=1, log=lambda _m: None
+    )
+    return export_checkpoint(checkpoint, tmp_path_factory.mktemp("synthetic-repository"), opts).version_dir
+
+
+@pytest.fixture(scope="session")
 def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, real_dev: Path) -> Exported:
     repo = tmp_path_factory.mktemp("repository")
     # a lenient INT8 gate here, so the INT8 file exists to be tested; the gate itself has its own test

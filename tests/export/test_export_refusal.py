@@ -20,9 +20,9 @@ from service.core.modelconfig import (
 
 
 @pytest.fixture
-def version(exported, tmp_path: Path) -> Path:
-    """A private copy of the exported version folder, free to damage."""
-    return Path(shutil.copytree(exported.version_dir, tmp_path / "omr-bubble" / "1"))
+def version(synthetic_export: Path, tmp_path: Path) -> Path:
+    """A private copy of an exported version folder (checked on synthetic crops: no real data needed), to damage."""
+    return Path(shutil.copytree(synthetic_export, tmp_path / "omr-bubble" / "1"))
 
 
 def _edit_config(version: Path, **changes: object) -> None:
