@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -101,6 +102,14 @@ def svc(tmp_path: Path) -> Iterator[service_process.Service]:
             s.process.wait(10)
 
 
+def wait_exit(svc: service_process.Service) -> int:
+    """The exit code, once the process is gone; a failure with the service's log if it outlives the grace period."""
+    try:
+        return svc.process.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {GRACE_S:g}s after SIGTERM; service log:\n{svc.log_tail(6000)}")
+
+
 def readiness_probe(port: int, stop: threading.Event, out: list[tuple[float, float, int]]) -> None:
     """(sent, answered, status) per probe: stamped at both ends, so a slow answer on a busy machine is
     judged by when it was asked, not by when it arrived."""
@@ -148,7 +157,7 @@ def test_sigterm_drains_with_nothing_lost(svc: service_process.Service, until) -
     t_term = log.t_term = time.monotonic()
     svc.process.send_signal(signal.SIGTERM)
     try:
-        code = svc.process.wait(GRACE_S)
+        code = wait_exit(svc)
     finally:
         stop.set()
         for t in [*threads, *bigs]:
@@ -211,7 +220,7 @@ def test_sigterm_behind_a_load_balancer_loses_nothing(svc: service_process.Servi
     t_term = time.monotonic()
     svc.process.send_signal(signal.SIGTERM)
     try:
-        code = svc.process.wait(GRACE_S)
+        code = wait_exit(svc)
     finally:
         stop.set()
         for t in threads:
