@@ -30,6 +30,8 @@ from service.state import AppState
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: how close to the client's deadline a cancellation counts as that deadline (clocks and wake-ups differ a little)
+DEADLINE_SLACK_S = 0.05
 #: typed UINT8 contents with more elements than this are converted in the preprocessing pool, not on the event loop
 INLINE_PARSE_MAX_ELEMENTS = 1 << 16
 
@@ -67,7 +69,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # the client cancelled or its deadline passed (or the drain's grace ran out): grpc cancels this task,
             # and with it the batcher future, so the request's still-queued rows are dropped instead of computed
             remaining = context.time_remaining()
-            late = remaining is not None and remaining <= 0
+            late = remaining is not None and remaining < DEADLINE_SLACK_S  # cancelled at (about) the deadline
             code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
             self.state.metrics.rejections.labels("timeout" if late else "client_disconnected").inc()
             log.info("gRPC %s cancelled (%s) after %.3fs", method, code.name, time.monotonic() - t0)
@@ -146,7 +148,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             deadline = time.monotonic() + self.state.settings.request_timeout_s
             remaining = context.time_remaining()  # the client's gRPC deadline, when it set one
             if remaining is not None:
-                deadline = min(deadline, time.monotonic() + remaining)
+                # a little before grpc cancels the call at that deadline: the classifier's DeadlineExceeded (its
+                # message, its queued rows dropped) then usually reaches the client rather than a bare cancel
+                deadline = min(deadline, time.monotonic() + remaining - min(DEADLINE_SLACK_S, remaining / 10))
             if not self.state.warmed.is_set():
                 raise Unavailable("the model is still warming up", retry_after_s=1)
             with self._holding(request.ByteSize()):
