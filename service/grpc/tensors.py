@@ -66,8 +66,9 @@ def _typed_to_raw(inp: pb.ModelInferRequest.InferInputTensor) -> bytes:
 def parse_request(req: pb.ModelInferRequest, check_count: Callable[[int], None]) -> V2Request:
     """Validate the request as REST V2 does; raise `BadRequest` (and friends) with REST's messages.
 
-    `check_count(n)` (the classifier's crop-count limit) runs as soon as the shape is known to be usable,
-    before any element is split or converted.
+    `check_count(n)` (the classifier's crop-count limit) runs in the decoder as soon as the shape is known to be
+    usable, before raw BYTES are split; typed contents are converted to raw bytes first (their size is bounded by
+    the message limit, and large ones are converted off the event loop by the caller).
     """
     raws: list[bytes] = list(req.raw_input_contents)
     if raws and len(raws) != len(req.inputs):
