@@ -137,8 +137,9 @@ def _tiff(data: bytes) -> Header:
     tile_w, tile_h = tags.get(322), tags.get(323)
     if tile_w is not None or tile_h is not None:
         tw, th = tile_w or 0, tile_h or 0
-        # tiles are multiples of 16: a 20 x 20 image may have 32 x 32 tiles, never larger than that
-        if not 0 < tw <= -(-width // 16) * 16 or not 0 < th <= -(-height // 16) * 16:
+        # tiles are multiples of 16 and may overhang the image: libtiff's default 256 x 256 on a small crop is
+        # fine (256 KiB a sample); beyond that, never larger than the image rounded up to 16
+        if not 0 < tw <= max(256, -(-width // 16) * 16) or not 0 < th <= max(256, -(-height // 16) * 16):
             raise HeaderError("bad_size", f"TIFF tile {tw}x{th} is larger than the {width}x{height} image")
     pixel_bytes = max(1, bits * samples // 8)
     if width * height * pixel_bytes > MAX_DECODE_BYTES:
