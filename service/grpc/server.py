@@ -9,6 +9,7 @@ Front-door bounds (the gRPC side of the HTTP limits):
 - a message over `max_body_bytes` is refused by grpc before it is read whole (RESOURCE_EXHAUSTED);
 - the messages held by calls not yet answered are bounded by `max_buffered_bytes` (UNAVAILABLE + retry-after,
   as REST's 503; the servicer counts them, apart from REST's own budget: a worker holds at most twice it);
+- at most `max_connections` gRPC connections per worker (REST's cap, counted apart), closed at accept beyond;
 - at most `grpc_max_concurrent_rpcs` calls are in the process at once; more get RESOURCE_EXHAUSTED at once
   (grpc's own limit: nothing queues without bound), and `grpc_max_concurrent_streams` per connection;
 - keepalive pings find dead peers; idle connections close after `grpc_max_connection_idle_s`; clients may
@@ -40,6 +41,7 @@ def options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 1),  # grpc's Linux default, set so it cannot change under us: workers share the port
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),  # REST's per-worker cap, for gRPC
         ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

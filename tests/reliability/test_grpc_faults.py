@@ -170,3 +170,27 @@ def test_buffered_bytes_budget_is_unavailable_with_rest_message(until: Callable)
         assert held.result(60).status_code == 200
         assert len(first.result(60).outputs) == 3
         assert len(r.stub.ModelInfer(infer_request(30), timeout=60).outputs) == 3  # released: fits again
+
+
+def test_connection_cap_refuses_one_more(until: Callable) -> None:
+    """`max_connections` caps a worker's gRPC connections as REST's: one more is closed at accept (UNAVAILABLE)."""
+    with rig(max_connections=2) as r:
+        target = f"127.0.0.1:{r.live.state.settings.grpc_port}"
+        own = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel (grpc shares them by default)
+        # one connection is the rig's own channel; a second fills the cap
+        assert r.stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        with grpc.insecure_channel(target, own) as second:
+            assert pb_grpc.GRPCInferenceServiceStub(second).ServerLive(pb.ServerLiveRequest(), timeout=10).live
+            with grpc.insecure_channel(target, own) as third, pytest.raises(grpc.RpcError) as err:
+                pb_grpc.GRPCInferenceServiceStub(third).ServerLive(pb.ServerLiveRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # the second channel closed: a new connection fits again (the server notices the close asynchronously)
+
+        def fits() -> bool:
+            with grpc.insecure_channel(target, own) as again:
+                try:
+                    return pb_grpc.GRPCInferenceServiceStub(again).ServerLive(pb.ServerLiveRequest(), timeout=5).live
+                except grpc.RpcError:
+                    return False
+
+        until(fits, what="a connection accepted again after one closed")
