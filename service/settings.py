@@ -150,6 +150,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _grpc_port_apart(self) -> Settings:
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"grpc_port {self.grpc_port} is the HTTP port too: give gRPC its own (or 0 for none)")
+        return self
+
+    @model_validator(mode="after")
     def _budget_holds_a_body(self) -> Settings:
         if self.max_buffered_bytes < self.max_body_bytes:  # else every body near the limit would get 503
             raise ValueError("max_buffered_bytes must be at least max_body_bytes")

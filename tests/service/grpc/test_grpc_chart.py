@@ -46,3 +46,9 @@ def test_grpc_port_zero_turns_it_off() -> None:
 def test_grpc_port_must_be_unprivileged() -> None:
     with pytest.raises(Exception, match="grpcPort"):
         render({"grpcPort": 81})
+
+
+def test_grpc_port_must_differ_from_http_port() -> None:
+    with pytest.raises(ValueError, match="grpc_port 9000 is the HTTP port too"):
+        Settings(port=9000, grpc_port=9000)
+    assert Settings(port=9000, grpc_port=0).grpc_port == 0
