@@ -228,3 +228,17 @@ def test_not_ready_while_warming_up(until: Callable) -> None:
         release.set()
         server.should_exit = True
         thread.join(60)
+
+
+def test_large_typed_contents_converted_off_the_loop_equal_raw(make_grpc_service: Callable) -> None:
+    """Typed UINT8 contents above INLINE_PARSE_MAX_ELEMENTS (65,536) go through the preprocessing pool: same answer."""
+    pixels = np.random.default_rng(4).integers(0, 256, (80, 32, 32), dtype=np.uint8)  # 81,920 elements
+    raw = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[pixels.tobytes()])
+    raw.inputs.add(name="PIXELS", datatype="UINT8", shape=list(pixels.shape))
+    typed = pb.ModelInferRequest(model_name=MODEL)
+    typed.inputs.add(name="PIXELS", datatype="UINT8", shape=list(pixels.shape)).contents.uint_contents.extend(
+        pixels.ravel().tolist()
+    )
+    with make_grpc_service() as g, g.stub() as stub:
+        a, b = (stub.ModelInfer(r, timeout=60) for r in (raw, typed))
+    assert a.raw_output_contents == b.raw_output_contents
