@@ -9,7 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from loadtest import server
-from loadtest.hostile import FRONT_DOOR_ENV, Probe, Target, probes
+from loadtest.hostile import FRONT_DOOR_ENV
+from loadtest.hostile_probes import Probe, Target, probes
 from loadtest.rawhttp import Answer, Canary, RssPeak, proc_fds, proc_status, wait_for
 
 MiB = 1 << 20

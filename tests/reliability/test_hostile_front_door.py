@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loadtest.hostile import bubble_png, classify_json, post
+from loadtest.hostile_payloads import bubble_png, classify_json, post
 from loadtest.rawhttp import exchange
 from tests.reliability._hostile import Hostile, MiB, hostile_service, statuses, watched
 
