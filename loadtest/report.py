@@ -112,6 +112,10 @@ def _every_core(
         s["single_vs_reference"] = on_single["crops_per_s"] / ref_single["crops_per_s"]
         targets.append(_target("single crops / TorchServe", TARGET_VS_REFERENCE_SINGLE, s["single_vs_reference"],
                                ">="))  # fmt: skip
+    # per CPU-second of each server: robust when the machine is shared (each gets what the scheduler leaves it)
+    for shape, pod, ref_row in (("sheets", on_sheet, ref_sheet), ("single", on_single, ref_single)):
+        if pod and ref_row and ref_row["crops_per_service_cpu_s"] > 0:
+            s[f"{shape}_vs_reference_per_cpu"] = pod["crops_per_service_cpu_s"] / ref_row["crops_per_service_cpu_s"]
     for shape in ("sheets", "single"):
         one = _scenario(result, "one_worker", shape)
         pod = on_sheet if shape == "sheets" else on_single
@@ -224,6 +228,9 @@ def markdown(result: dict[str, Any]) -> str:
     extra = []
     if "sheet_fraction_wall_vs_1core" in s:
         extra.append(f"sheets wall crops/s vs one core's ceiling: {s['sheet_fraction_wall_vs_1core']:.0%}")
+    for shape in ("sheets", "single"):
+        if f"{shape}_vs_reference_per_cpu" in s:
+            extra.append(f"{shape} per CPU-second vs the reference: {s[f'{shape}_vs_reference_per_cpu']:.2f}x")
     for shape in ("sheets", "single"):
         if f"{shape}_workers_speedup" in s:
             extra.append(f"{shape}: {s['workers']} workers / 1 worker {s[f'{shape}_workers_speedup']:.2f}x")

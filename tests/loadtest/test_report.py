@@ -64,6 +64,7 @@ def test_summarise_compares_with_the_reference_and_one_worker() -> None:
     assert s["sheets_vs_reference"] == 1.2 and verdicts["sheets / TorchServe"] is False
     assert s["single_vs_reference"] == 1.5 and verdicts["single crops / TorchServe"] is True
     assert s["sheets_workers_speedup"] == 1.5 and s["single_workers_speedup"] == 2.0
+    assert s["single_vs_reference_per_cpu"] == 1.5  # _row: crops per CPU-second = crops/s
     result["summary"] = s
     md = report.markdown(result)
     assert "**Reference**: TorchServe" in md and "2 workers / 1 worker 2.00x" in md
