@@ -129,6 +129,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         for index in range(len(self.procs)):
+            if self.draining:  # a signal during start-up: start no more workers
+                break
             self.spawn(index)
         while True:
             alive = {p.sentinel: (i, p) for i, p in enumerate(self.procs) if p is not None}
