@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtest.server import free_port
 from service.core.admission import Admission
 from service.core.batcher import Batcher
 from service.errors import Overloaded
@@ -120,3 +123,14 @@ async def _two_workers(tmp: Path) -> None:
 
 def test_queue_limit_counts_every_worker_of_the_pod(tmp_path: Path) -> None:
     asyncio.run(_two_workers(tmp_path))
+
+
+@pytest.mark.integration
+def test_pod_whose_workers_cannot_start_exits_nonzero(tmp_path: Path) -> None:
+    """A bad model repository fails every worker before it is ready: the pod exits 1 (no crash loop)."""
+    cmd = [sys.executable, "-m", "service", "--workers", "2", "--port", str(free_port()),
+           "--model-repository", str(tmp_path / "absent"), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "before it was ready: stopping the pod" in proc.stderr
+    assert "is not a folder" in proc.stderr
