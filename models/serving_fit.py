@@ -10,10 +10,13 @@ sources are never read here. Rules, fixed before looking at the numbers:
 1. TTA mode ("average": the mean of the views decides; "review": the identity view decides and the views'
    disagreement flags review) — the mode with the better out-of-fold binary accuracy (ties: "review", which
    keeps the served default's decision when a client turns TTA on).
-2. Sheet context on unless it makes out-of-fold binary accuracy worse (TTA off, the served default).
+2. Sheet context on unless it makes out-of-fold binary accuracy worse (TTA off, the served default); its
+   un-marking move (`move_to_unmarked`) on only if it makes binary accuracy better AND misses no mark the
+   model caught (a sheet move is always flagged for review, so a wrong one is caught too).
 3. Review thresholds (min_confidence, min_binary_margin) for the served default (TTA off): the pair that
-   catches the most out-of-fold binary errors while flagging at most `--max-review-rate` of crops (1.2 %,
-   headroom under the 1.5 % goal); ties: fewer flags.
+   catches the most binary errors *of the model's own decisions* (sheet context off: the errors the flag
+   exists for, which the sheet context may hide out of fold) while the served decisions are flagged at most
+   `--max-review-rate` of the time (1.2 %, headroom under the 1.5 % goal); ties: fewer flags.
 The chosen blocks go to `python -m export --serving`, with the evidence recorded in the model config.
 """
 
@@ -83,14 +86,20 @@ def flags_at(decisions: list[Decision], min_confidence: float, min_binary_margin
     return other | (conf < min_confidence) | (margin < min_binary_margin)
 
 
-def review_sweep(decisions: list[Decision], truth: np.ndarray, max_rate: float) -> dict[str, object]:
-    """Best (min_confidence, min_binary_margin) under the rate cap; reasons other than the two thresholds stay."""
+def review_sweep(
+    decisions: list[Decision], truth: np.ndarray, max_rate: float, served: list[Decision] | None = None
+) -> dict[str, object]:
+    """Best (min_confidence, min_binary_margin) under the rate cap: the most errors of `decisions` caught while
+    the `served` decisions (default: the same) are flagged at most `max_rate` of the time."""
     marked = np.array([d.marked for d in decisions], bool)
+    served = decisions if served is None else served
     best: dict[str, object] | None = None
     for c in CONFIDENCES:
         for m in MARGINS:
             fig = review_figures(flags_at(decisions, c, m), marked, truth)
-            if fig["review_rate"] > max_rate:
+            rate = float(flags_at(served, c, m).mean())
+            fig["review_rate_served"] = rate
+            if rate > max_rate:
                 continue
             key = (fig["binary_errors_flagged"], -fig["review_flagged"], -c - m)
             if best is None or key > best["_key"]:
@@ -112,8 +121,10 @@ def fit(folds: Path, labels: Path, max_rate: float, profile: str = DEFAULT_PROFI
     sheets = [it.sheet_id or f"#{k}" for k, it in enumerate(items)]
     truth, _ = binary_truth(items, cfg, profile)
 
-    def binary(tta: bool, mode: str, sheet: bool) -> tuple[float, list[Decision]]:
-        d = redecide(oof.pred.view_probs, crops, sheets, fold_config(extra, mode, sheet), tta, profile)
+    def binary(tta: bool, mode: str, sheet: bool, unmark: bool = False) -> tuple[float, list[Decision]]:
+        cfg = fold_config(extra, mode, sheet)
+        cfg = cfg.model_copy(update={"sheet": cfg.sheet.model_copy(update={"move_to_unmarked": unmark})})
+        d = redecide(oof.pred.view_probs, crops, sheets, cfg, tta, profile)
         return float((np.array([x.marked for x in d]) == truth).mean()), d
 
     evidence: dict[str, object] = {"n": len(items), "sources": sorted({source_of(s) for s in sheets})}
@@ -127,17 +138,29 @@ def fit(folds: Path, labels: Path, max_rate: float, profile: str = DEFAULT_PROFI
     evidence["binary_accuracy"] = acc
     mode = "average" if acc["tta_average_sheet_on"] > acc["tta_review_sheet_on"] else "review"
     sheet_on = acc["tta_off_sheet_on"] >= acc["tta_off_sheet_off"]
-    _, served = binary(False, mode, sheet_on)
-    review = review_sweep(served, truth, max_rate)
+    _, model_only = binary(False, mode, False)
+    acc_unmark, unmarked = binary(False, mode, True, True)
+    evidence["binary_accuracy"]["tta_off_sheet_on_unmark"] = acc_unmark
+    newly_missed = int(
+        sum(m.marked and not u.marked and t for m, u, t in zip(model_only, unmarked, truth, strict=True))
+    )
+    evidence["unmark_newly_missed"] = newly_missed
+    unmark = sheet_on and acc_unmark > acc["tta_off_sheet_on"] and newly_missed == 0
+    _, served = binary(False, mode, sheet_on, unmark)
+    review = review_sweep(model_only, truth, max_rate, served)
     evidence["review_tta_off"] = review
-    _, with_tta = binary(True, mode, sheet_on)
+    served_marked = np.array([d.marked for d in served], bool)
+    evidence["review_tta_off_served"] = review_figures(
+        flags_at(served, review["min_confidence"], review["min_binary_margin"]), served_marked, truth
+    )
+    _, with_tta = binary(True, mode, sheet_on, unmark)
     on_marked = np.array([d.marked for d in with_tta], bool)
     evidence["review_tta_on"] = review_figures(
         flags_at(with_tta, review["min_confidence"], review["min_binary_margin"]), on_marked, truth
     )  # the same thresholds with TTA on (views' disagreement flags too), for the record
     return {
         "tta": {"mode": mode},
-        "sheet": {"enabled": sheet_on},
+        "sheet": {"enabled": sheet_on, "move_to_unmarked": unmark},
         "review": {"min_confidence": review["min_confidence"], "min_binary_margin": review["min_binary_margin"]},
         "evidence": evidence,
     }
