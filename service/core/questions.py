@@ -11,7 +11,8 @@ question's other options, one of
                max_marks of which some are weak, or a doubtful mark with no clear one
 
 Per option i, q_i is the probability that it is marked: its `marked_probability`, moved to the decided side
-(0.5) when the per-crop decision went against it (the sheet context moved it). Under independence,
+(0.5) when the sheet context marked it against the model, and to a clean empty's when the sheet context
+un-marked it (it looked like the sheet's empties). Under independence,
 P(exactly S marked) = prod_{i in S} q_i * prod_{i not in S} (1 - q_i); that is a question's confidence.
 A context decision (one option standing out of a clean row, whether its crop read marked weakly or not)
 reports P(it | exactly one option marked) = odds_t / sum_j odds_j instead: it presumes the respondent
@@ -149,9 +150,14 @@ def plan_questions(
     return [Question(qid, tuple(idx), overrides.get(qid, default)) for qid, idx in groups.items()]
 
 
-def _q(d: Decision) -> float:
-    """P(marked) on the decided side: a decision the sheet context moved counts as a coin flip, not against."""
+def _q(d: Decision, rule: QuestionRule) -> float:
+    """P(marked) on the decided side: a crop the sheet context marked counts as a coin flip, not against; one
+    it UN-marked looked like the sheet's own empties (its darkness near their level, `SheetSpec.unmark_threshold`)
+    and counts as a clean empty, so the question layer does not bring back the mark the sheet ruled out (printed
+    icons read as weak marks, out of fold on real-dev)."""
     p = d.marked_probability
+    if d.decided_by == "sheet" and not d.marked:
+        p = min(p, rule.clean_p)
     p = max(p, 0.5) if d.marked else min(p, 0.5)
     return min(max(p, _EPS), 1.0 - _EPS)
 
@@ -202,7 +208,7 @@ def decide_question(
     """One question's options (their per-crop decisions, and optionally their inner-disc darkness) ->
     (status, marked, candidates, confidence, decided_by, review_reasons); marked/candidates are positions
     in `options`."""
-    q = [_q(d) for d in options]
+    q = [_q(d, rule) for d in options]
     dark = None if darkness is None else [float(x) for x in darkness]
     n = len(q)
     marked = [i for i, d in enumerate(options) if d.marked]

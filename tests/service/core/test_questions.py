@@ -145,6 +145,23 @@ def test_decide_mark_moved_by_sheet_context_counts_on_its_decided_side() -> None
     assert decide_question(clean, 1)[5] == ["low_confidence"]  # default: flagged, like the crop itself
 
 
+def test_decide_mark_the_sheet_context_ruled_out_is_not_brought_back() -> None:
+    """A printed icon the model read as a weak mark (p 0.6) that the sheet context un-marked (it looked like the
+    sheet's empties) counts as a clean empty: the row is blank, not a context answer; beside a real mark it is
+    no rival (out of fold on real-dev: sample4's "x2" icons turned answered rows ambiguous and a blank one
+    answered)."""
+    from dataclasses import replace
+
+    icon = replace(crop(0.6, marked=False), decided_by="sheet")
+    blank = [crop(0.001), crop(0.002), icon, crop(0.001)]
+    assert decide_question(blank, 1)[0] == "blank"
+    answered = [crop(0.001), crop(0.99), icon, crop(0.002)]
+    status, marked, candidates, *_ = decide_question(answered, 1)
+    assert (status, marked, candidates) == ("answered", [1], [])
+    model_only = replace(icon, decided_by="model")  # the same crop unmarked by the model itself stays a rival
+    assert decide_question([crop(0.001), crop(0.99), model_only, crop(0.002)], 1)[0] == "ambiguous"
+
+
 def test_decide_single_option_question() -> None:
     assert run([0.97])[:2] == ("answered", [0])
     assert run([0.02])[:2] == ("blank", [])
