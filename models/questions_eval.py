@@ -125,8 +125,16 @@ def question_rows(
     `model` itself, or with `folds` (a `models.finetune` folds folder) out of fold: each source by the fold
     model that never saw it (`sealed`: the sealed fold's sources instead of the tuning ones)."""
     questions = group_questions(items)
+    if folds is not None:  # only the sheets the chosen folds (tuning or sealed) hold out can be scored
+        from models.folds import read_manifest
+        from models.realdev import source_of
+
+        held = {s for fm in read_manifest(folds)[0] if fm.fold.sealed == sealed for s in fm.fold.held_out}
+        questions = [q for q in questions if source_of(q.sheet_id) in held]
     sheets = {q.sheet_id for q in questions}
     used = [it for it in items if it.sheet_id in sheets]  # only sheets with complete questions are decoded
+    if not used:  # e.g. the sealed sources hold no complete question: nothing to score, not an error
+        return []
     crops = decode_crops(used)
     if folds is None:
         pred = predict(model, crops, tta, profile, sheets=[it.sheet_id for it in used])
