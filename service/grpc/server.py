@@ -34,6 +34,9 @@ from service.state import AppState
 
 log = logging.getLogger(__name__)
 
+#: at shutdown, how long no call must be in a handler before the drain counts as done
+IDLE_SETTLE_S = 0.2
+
 
 def options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments (grpc core's `GRPC_ARG_*` names) from the settings."""
@@ -65,6 +68,7 @@ class GrpcServer:
     server: grpc.aio.Server
     port: int
     loop: asyncio.AbstractEventLoop
+    servicer: InferenceServicer
     _stopping: asyncio.Task[None] | None = field(default=None, repr=False)
     _later: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
 
@@ -81,12 +85,30 @@ class GrpcServer:
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, finish those in flight within `grace_s`. Safe to call more than once."""
         if self._stopping is None:
-            log.info("gRPC: refusing new calls, finishing those in flight (up to %.1fs)", grace_s)
-            self._stopping = asyncio.ensure_future(self.server.stop(grace_s))
+            self._stopping = asyncio.ensure_future(self._drain(grace_s))
         await asyncio.shield(self._stopping)
         for task in self._later:
             if task is not asyncio.current_task():
                 task.cancel()
+
+    async def _drain(self, grace_s: float) -> None:
+        log.info("gRPC: refusing new calls, finishing those in flight (up to %.1fs)", grace_s)
+        closing = asyncio.ensure_future(self.server.stop(grace_s))  # new calls are refused from here on
+        deadline = self.loop.time() + grace_s
+        # grpc's own stop also waits for every client *connection* to go away (seen taking the whole grace on a
+        # loaded machine with no call left); ours ends when the calls that reached a handler have finished
+        while not closing.done() and (left := deadline - self.loop.time()) > 0:
+            if self.servicer.in_flight == 0:
+                await asyncio.sleep(IDLE_SETTLE_S)  # a call grpc had accepted may still be reaching its handler
+                if self.servicer.in_flight == 0:
+                    break
+                continue
+            idle = asyncio.ensure_future(self.servicer.idle())
+            await asyncio.wait({closing, idle}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+        if not closing.done():
+            await self.server.stop(0)  # cancels what is left: no call of ours, only connections and stragglers
+        await closing
 
 
 async def start(state: AppState) -> GrpcServer:
@@ -94,7 +116,8 @@ async def start(state: AppState) -> GrpcServer:
     settings = state.settings
     assert settings.grpc_port, "gRPC is off (grpc_port unset)"
     server = grpc.aio.server(options=options(settings), maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(state), server)
+    servicer = InferenceServicer(state)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     where = address(settings.host, settings.grpc_port)
     try:
         port = server.add_insecure_port(where)
@@ -102,4 +125,4 @@ async def start(state: AppState) -> GrpcServer:
         raise RuntimeError(f"gRPC cannot listen on {where}: {exc}") from exc
     await server.start()
     log.info("gRPC (Open Inference Protocol) listening on %s", where)
-    return GrpcServer(server, port, asyncio.get_running_loop())
+    return GrpcServer(server, port, asyncio.get_running_loop(), servicer)

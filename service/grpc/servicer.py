@@ -40,6 +40,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, state: AppState) -> None:
         self.state = state
         self._held_bytes = 0
+        self.in_flight = 0  # calls in a handler now (the server's drain waits for 0)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no call is in a handler."""
+        await self._idle.wait()
 
     def _authorize(self, context: grpc.aio.ServicerContext, health: bool) -> None:
         token = self.state.token
@@ -56,6 +63,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> T:
         t0 = time.monotonic()
         code = grpc.StatusCode.OK
+        self.in_flight += 1
+        self._idle.clear()
         try:
             self._authorize(context, health)
             return await work()
@@ -80,6 +89,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, "internal server error")  # no stack trace ever leaves the process
             raise AssertionError("unreachable: abort raises") from None
         finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
             m = self.state.metrics
             m.grpc_requests.labels(method, code.name).inc()
             m.grpc_request_seconds.labels(method, code.name).observe(time.monotonic() - t0)
