@@ -73,6 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_tool(*names): system tools on PATH; skip without (fail with CI=true)")
     for name in [k for k in os.environ if k.startswith("OMR_")]:
         del os.environ[name]  # subprocesses inherit this environment too
+    # gRPC off unless a test asks for it: its default port (8001) is shared with SO_REUSEPORT, so apps of
+    # different tests would otherwise all listen on one port and could answer each other's calls
+    os.environ["OMR_GRPC_PORT"] = "0"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
