@@ -14,22 +14,26 @@ listener gone once the delay is over) instead of sending on a connection that is
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
-from service.app import create_app
-from service.core.runtime import SessionFactory, create_session
-from service.http import frontdoor
 from service.serve import supervisor
 from service.serve.cpus import resolve_workers
-from service.serve.pod import WorkerSlot
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.core.runtime import SessionFactory
+    from service.serve.pod import WorkerSlot
+
+# The app (FastAPI, ONNX Runtime, OpenCV) is imported where a process serves, not here: a pod's supervisor
+# imports only this module, settings and uvicorn (~50 MB resident instead of ~115 MB).
 
 log = logging.getLogger("service")
 
@@ -70,13 +74,23 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_started is None:
             self._drain_started = time.monotonic()
-            log.info("signal %d: draining (accepting for %.1fs more, then finishing in-flight work)", sig,
-                     self._settings.shutdown_delay_s)  # fmt: skip
-            omr = getattr(getattr(self.config.app, "state", None), "omr", None)
-            if omr is not None:
-                omr.start_draining()
+            # A Python signal handler runs between two bytecodes of whatever the main thread was doing, possibly
+            # inside a metric update that holds prometheus_client's (non-reentrant) lock: updating a metric here
+            # deadlocked a worker (multiprocess mode holds that lock while it grows its file). So only the
+            # timestamp is set here; readiness, metrics and drain callbacks run on the event loop, next turn.
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(self._start_draining, sig)
+            except RuntimeError:  # no loop running (yet): nothing else can hold those locks
+                self._start_draining(sig)
             return  # exit 0 after a clean drain (not re-raised as uvicorn does with captured signals)
         super().handle_exit(sig, frame)
+
+    def _start_draining(self, sig: int) -> None:
+        log.info("signal %d: draining (accepting for %.1fs more, then finishing in-flight work)", sig,
+                 self._settings.shutdown_delay_s)  # fmt: skip
+        omr = getattr(getattr(self.config.app, "state", None), "omr", None)
+        if omr is not None:
+            omr.start_draining()
 
     async def on_tick(self, counter: int) -> bool:
         draining = self._drain_started is not None and not self.should_exit
@@ -117,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """The one uvicorn configuration, used by the single process and by every worker of a pod."""
+    from service.http import frontdoor
+
     return uvicorn.Config(
         CloseWhileDraining(app),
         host=settings.host,
@@ -133,11 +149,14 @@ def serve(
     settings: Settings,
     sockets: list[socket.socket] | None = None,
     pod: WorkerSlot | None = None,
-    session_factory: SessionFactory = create_session,
+    session_factory: SessionFactory | None = None,
 ) -> bool:
     """Run one service process until it has drained (a worker passes the pod's inherited socket and its slot).
     False if the app never started (its lifespan failed: the model did not load)."""
-    app = create_app(settings, session_factory, pod=pod)
+    from service.app import create_app
+    from service.core.runtime import create_session
+
+    app = create_app(settings, session_factory or create_session, pod=pod)
     server = DrainingServer(uvicorn_config(app, settings), settings)
     server.run(sockets=sockets)
     return server.started

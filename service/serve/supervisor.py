@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -21,17 +22,21 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections import deque
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from prometheus_client import multiprocess
 
-from service.core.runtime import SessionFactory, create_session
 from service.serve.pod import Phase, PodState
 from service.serve.worker import worker_main
 from service.settings import Settings
+
+if TYPE_CHECKING:  # the supervisor never loads a model: ONNX Runtime is imported in the workers only
+    from service.core.runtime import SessionFactory
 
 log = logging.getLogger("service.supervisor")
 
@@ -62,7 +67,7 @@ def _metrics_dir(scratch: Path) -> Path:
 class Supervisor:
     def __init__(
         self, settings: Settings, workers: int, sock: socket.socket, pod: PodState, metrics_dir: Path,
-        session_factory: SessionFactory = create_session,
+        session_factory: SessionFactory | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.sock: socket.socket | None = sock
@@ -73,6 +78,10 @@ class Supervisor:
         self.draining = False
         self.failed = False
         self._ctx = multiprocessing.get_context("spawn")
+        self._signals: deque[int] = deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     def spawn(self, index: int) -> None:
         assert self.sock is not None, "no workers are started once the pod drains"
@@ -88,6 +97,14 @@ class Supervisor:
         log.info("started worker %d (pid %s)", index, proc.pid)
 
     def on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        """The signal handler: note the signal and wake the main loop, nothing else. A handler runs between two
+        bytecodes of whatever the main thread is doing (spawning a worker, logging); closing the socket or
+        taking a lock from here could break that or deadlock (it did in a worker: a metric's lock)."""
+        self._signals.append(sig)
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: the loop is awake anyway
+            os.write(self._wake_w, b"\0")
+
+    def _forward(self, sig: int) -> None:
         if not self.draining:
             log.info("signal %d: draining %d workers", sig, len(self.procs))
             self._drain()
@@ -119,7 +136,7 @@ class Supervisor:
             log.error("worker %d (pid %d) exited with %s before it was ready: stopping the pod", index, proc.pid,
                       code)  # fmt: skip
             self.failed = True
-            self.on_signal(signal.SIGTERM, None)
+            self._forward(signal.SIGTERM)
             return
         self.pod.count_restart()
         log.warning("worker %d (pid %d) died (exit %s): starting a replacement", index, proc.pid, code)
@@ -128,23 +145,34 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
-        for index in range(len(self.procs)):
-            if self.draining:  # a signal during start-up: start no more workers
-                break
-            self.spawn(index)
-        while True:
-            alive = {p.sentinel: (i, p) for i, p in enumerate(self.procs) if p is not None}
-            if not alive:
-                break
-            for sentinel in wait(list(alive)):  # the signal handler runs inside this wait (PEP 475)
-                index, proc = alive[sentinel]
-                self._reap(index, proc)
+        try:
+            for index in range(len(self.procs)):
+                self.spawn(index)
+            while True:
+                while self._signals:
+                    self._forward(self._signals.popleft())
+                alive = {p.sentinel: (i, p) for i, p in enumerate(self.procs) if p is not None}
+                if not alive:
+                    break
+                for ready in wait([*alive, self._wake_r]):  # a signal wakes it through the pipe
+                    if ready == self._wake_r:
+                        while True:
+                            try:
+                                os.read(self._wake_r, 512)
+                            except BlockingIOError:
+                                break
+                    else:
+                        index, proc = alive[ready]
+                        self._reap(index, proc)
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         if self.sock is not None:
             self.sock.close()
         return 1 if self.failed else 0
 
 
-def run(settings: Settings, workers: int, session_factory: SessionFactory = create_session) -> int:
+def run(settings: Settings, workers: int, session_factory: SessionFactory | None = None) -> int:
     """Serve with `workers` processes until SIGTERM; the exit code (0 after a clean drain)."""
     sock = bind(settings.host, settings.port)
     scratch = Path(tempfile.mkdtemp(prefix="omr-pod-"))

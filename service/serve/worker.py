@@ -13,10 +13,13 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from service.core.runtime import SessionFactory, create_session
 from service.serve.pod import PodState
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.core.runtime import SessionFactory
 
 log = logging.getLogger("service.worker")
 
@@ -43,7 +46,7 @@ def worker_main(
     index: int,
     pod_path: str,
     parent: int,
-    session_factory: SessionFactory = create_session,
+    session_factory: SessionFactory | None = None,  # None: the real ONNX Runtime session
 ) -> None:
     from service.__main__ import serve, setup_logging  # here: after PROMETHEUS_MULTIPROC_DIR is in the env
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,7 @@ def _per_worker(metrics_dir: Path, kind: str, name: str, tmp: Path, **labels: st
     out = {}
     for db in metrics_dir.glob(f"{kind}_*.db"):
         pid = int(db.stem.rsplit("_", 1)[1])
-        alone = tmp / f"alone-{db.stem}"
-        alone.mkdir()
+        alone = Path(tempfile.mkdtemp(prefix=f"alone-{db.stem}-", dir=tmp))
         shutil.copy(db, alone / db.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
@@ -60,10 +60,14 @@ def test_metrics_add_up_over_workers(tmp_path: Path, until: Callable[..., None])
         for t in threads:
             t.join(120)
         assert statuses == [200] * 48
-        per_worker = _per_worker(prom, "counter", "omr_requests_total", tmp_path, endpoint="/classify",
-                                 status="200")  # fmt: skip
-        assert sum(per_worker.values()) == 48
-        assert sum(v > 0 for v in per_worker.values()) == 2, f"one worker served everything: {per_worker}"
+
+        def per_worker() -> dict[int, float]:
+            return _per_worker(prom, "counter", "omr_requests_total", tmp_path, endpoint="/classify", status="200")
+
+        # a request is counted just after its response is sent: wait for the last count, then check the split
+        until(lambda: sum(per_worker().values()) == 48, 30, "all 48 requests counted")
+        split = per_worker()
+        assert sum(v > 0 for v in split.values()) == 2, f"one worker served everything: {split}"
         for _ in range(6):  # whichever worker answers the scrape, it reports the pod
             m = pod.metrics()
             assert total(m, "omr_requests_total", endpoint="/classify", status="200") == 48
@@ -151,6 +155,8 @@ def test_killed_worker_is_replaced_and_counted(tmp_path: Path, until: Callable[.
         body = orjson.dumps(json_crops(2))
         for _ in range(10):
             assert post(pod.port, body)[0] == 200
+        classified = lambda: total(pod.metrics(), "omr_requests_total", endpoint="/classify", status="200")  # noqa: E731
+        until(lambda: classified() == 10, 30, "the 10 requests counted")  # counted just after the response
         before = pod.worker_pids()
         assert len(before) == 2
         victim = before[0]

@@ -134,3 +134,37 @@ def test_pod_whose_workers_cannot_start_exits_nonzero(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "before it was ready: stopping the pod" in proc.stderr
     assert "is not a folder" in proc.stderr
+
+
+def test_signal_handler_takes_no_lock_the_interrupted_code_may_hold() -> None:
+    """SIGTERM can land while the main thread holds a metric's (non-reentrant) lock; draining from inside the
+    handler deadlocked a worker. The handler only schedules the drain on the event loop."""
+    import signal
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from service.__main__ import DrainingServer
+    from service.settings import Settings
+
+    lock = threading.Lock()  # stands for prometheus_client's value lock
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+
+        class Omr:
+            def start_draining(self) -> None:
+                got = lock.acquire(timeout=2)
+                outcome.append("drained" if got else "would deadlock")
+                if got:
+                    lock.release()
+                done.set()
+
+        server = DrainingServer(uvicorn.Config(SimpleNamespace(state=SimpleNamespace(omr=Omr()))), Settings())
+        with lock:  # the signal arrives inside a metric update
+            server.handle_exit(signal.SIGTERM, None)
+        await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(scenario())
+    assert outcome == ["drained"]
