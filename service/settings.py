@@ -23,14 +23,6 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address.")
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level.")
-    workers: int = Field(
-        0,
-        ge=0,
-        le=256,
-        description="Worker processes sharing the port, each with its own batcher and ONNX session (1 = one "
-        "process, no supervisor). 0 = the CPUs the container is given: the cgroup quota (v2 cpu.max, v1 "
-        "cpu.cfs_quota_us), else the affinity mask; never the host's CPU count (docs/performance.md).",
-    )
 
     # --- gRPC: the Open Inference Protocol's GRPCInferenceService beside REST (service/grpc) ---
     grpc_port: int | None = Field(
@@ -50,6 +42,14 @@ class Settings(BaseSettings):
         le=86_400,
         description="Ask gRPC clients to reconnect after this long (spreads long-lived connections over new "
         "pods/workers); None = never.",
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Worker processes sharing the port, each with its own batcher and ONNX session (1 = one "
+        "process, no supervisor). 0 = the CPUs the container is given: the cgroup quota (v2 cpu.max, v1 "
+        "cpu.cfs_quota_us), else the affinity mask; never the host's CPU count (docs/performance.md).",
     )
 
     # --- model repository ---
