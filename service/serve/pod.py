@@ -117,11 +117,13 @@ class PodState:
     def set_pending(self, index: int, model: int, rows: int) -> None:
         self._w[self._base(index) + 2 + model] = rows
 
+    def pending_column(self, model: int) -> np.ndarray:
+        """A view of `model`'s pending rows, one element per worker."""
+        return self._w[_HEADER + 2 + model : _HEADER + self.workers * _RECORD : _RECORD]
+
     def pending(self, model: int) -> list[int]:
         """Pending rows of `model` in every worker (its record's last published value)."""
-        w = self.workers
-        col = self._w[_HEADER + 2 + model : _HEADER + w * _RECORD : _RECORD]
-        return [int(x) for x in col]
+        return [int(x) for x in self.pending_column(model)]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class WorkerSlot:
         self.pod.set_pending(self.index, model, rows)
 
     def others_pending(self, model: int) -> int:
-        """Rows of `model` pending in the other workers (their last published figures)."""
-        col = self.pod.pending(model)
-        return sum(col) - col[self.index]
+        """Rows of `model` pending in the other workers (their last published figures). Once per admission:
+        one strided numpy sum, no Python list."""
+        col = self.pod.pending_column(model)
+        return int(col.sum()) - int(col[self.index])
