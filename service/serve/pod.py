@@ -12,10 +12,12 @@ old, which admission and readiness tolerate (an aligned 8-byte store is never to
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +111,9 @@ class PodState:
     def ready_workers(self) -> int:
         return sum(p is Phase.READY for p in self.phases())
 
-    def slot(self, index: int) -> WorkerSlot:
+    def slot(self, index: int, ready: Connection | None = None) -> WorkerSlot:
         self._base(index)
-        return WorkerSlot(self, index)
+        return WorkerSlot(self, index, ready)
 
     # --- pending rows (admission) ---------------------------------------------------------------------------
     def set_pending(self, index: int, model: int, rows: int) -> None:
@@ -132,9 +134,14 @@ class WorkerSlot:
 
     pod: PodState
     index: int
+    #: tells the supervisor this worker is ready (it starts the next one then: one warm-up at a time)
+    ready: Connection | None = field(default=None, compare=False)
 
     def set_phase(self, phase: Phase) -> None:
         self.pod.set_worker(self.index, phase, os.getpid())
+        if phase is Phase.READY and self.ready is not None:
+            with contextlib.suppress(OSError):  # the supervisor is gone: nothing to tell
+                self.ready.send_bytes(b"ready")
 
     def not_ready_reasons(self) -> list[str]:
         if self.pod.draining:

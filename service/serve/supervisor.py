@@ -23,7 +23,7 @@ import signal
 import socket
 import tempfile
 from collections import deque
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -79,19 +79,24 @@ class Supervisor:
         self.failed = False
         self._ctx = multiprocessing.get_context("spawn")
         self._signals: deque[int] = deque()
+        self._ready: dict[Connection, int] = {}  # workers not ready yet: the end they report on
+        self._unstarted = list(range(workers))
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
 
     def spawn(self, index: int) -> None:
         assert self.sock is not None, "no workers are started once the pod drains"
+        ready_r, ready_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self.settings, self.sock, index, str(self.pod.path), os.getpid(), self.session_factory),
+            args=(self.settings, self.sock, index, str(self.pod.path), os.getpid(), ready_w, self.session_factory),
             name=f"omr-worker-{index}",
         )
         self.pod.set_worker(index, Phase.STARTING, 0)
         proc.start()
+        ready_w.close()  # the worker holds the other end
+        self._ready[ready_r] = index
         self.pod.set_worker(index, Phase.STARTING, proc.pid)
         self.procs[index] = proc
         log.info("started worker %d (pid %s)", index, proc.pid)
@@ -142,31 +147,52 @@ class Supervisor:
         log.warning("worker %d (pid %d) died (exit %s): starting a replacement", index, proc.pid, code)
         self.spawn(index)
 
+    def _start_next(self) -> None:
+        """Start the next worker of the initial set. One warm-up at a time: a worker warming beside another
+        measures a slow model (admission's first cost estimate) and, on a new GPU, both would build the same
+        TensorRT engine into the shared cache at once; the next one starts when this one is ready."""
+        if self._unstarted and not self.draining:
+            self.spawn(self._unstarted.pop(0))
+
+    def _on_ready(self, conn: Connection) -> None:
+        index = self._ready.pop(conn)
+        try:
+            conn.recv_bytes()
+        except (EOFError, OSError):  # it died before it was ready: its sentinel says so (and stops the pod)
+            return
+        finally:
+            conn.close()
+        log.info("worker %d ready", index)
+        self._start_next()
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         try:
-            for index in range(len(self.procs)):
-                self.spawn(index)
+            self._start_next()
             while True:
                 while self._signals:
                     self._forward(self._signals.popleft())
                 alive = {p.sentinel: (i, p) for i, p in enumerate(self.procs) if p is not None}
                 if not alive:
                     break
-                for ready in wait([*alive, self._wake_r]):  # a signal wakes it through the pipe
+                for ready in wait([*alive, self._wake_r, *self._ready]):  # a signal wakes it through the pipe
                     if ready == self._wake_r:
                         while True:
                             try:
                                 os.read(self._wake_r, 512)
                             except BlockingIOError:
                                 break
+                    elif isinstance(ready, Connection):
+                        self._on_ready(ready)
                     else:
                         index, proc = alive[ready]
                         self._reap(index, proc)
         finally:
             os.close(self._wake_r)
             os.close(self._wake_w)
+            for conn in self._ready:
+                conn.close()
         if self.sock is not None:
             self.sock.close()
         return 1 if self.failed else 0

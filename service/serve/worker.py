@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,7 @@ def worker_main(
     index: int,
     pod_path: str,
     parent: int,
+    ready: Connection | None = None,
     session_factory: SessionFactory | None = None,  # None: the real ONNX Runtime session
 ) -> None:
     from service.__main__ import serve, setup_logging  # here: after PROMETHEUS_MULTIPROC_DIR is in the env
@@ -54,7 +56,7 @@ def worker_main(
     setup_logging(settings)
     pod = PodState.attach(Path(pod_path))
     log.info("worker %d (pid %d) starting", index, os.getpid())
-    started = serve(settings, sockets=[sock], pod=pod.slot(index), session_factory=session_factory)
+    started = serve(settings, sockets=[sock], pod=pod.slot(index, ready), session_factory=session_factory)
     pod.close()
     if not started:
         raise SystemExit(STARTUP_FAILURE)

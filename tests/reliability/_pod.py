@@ -2,8 +2,8 @@
 
 `python -m tests.reliability._pod` with `OMR_*` settings in the environment and `POD_GATE_DIR`: serves like
 `python -m service` with `OMR_WORKERS` workers, except that each worker's session (the real one, wrapped):
-- blocks every model call while `<gate>/warm.hold` exists, in the ONE worker that first claims
-  `<gate>/warm.claim` (a worker whose warm-up the test controls);
+- blocks every model call while `<gate>/warm.hold` exists, in the ONE worker that claims `<gate>/warm.claim<N>`
+  for N = the number written in warm.hold (workers warm one after another: "2" holds the second one);
 - blocks a model call whose batch holds a crop of pixel value SLOW_VALUE until `<gate>/slow.open` exists
   (a held model: rows queue behind it, so the pod's backlog is known exactly).
 The gates poll a file every 10 ms inside the *server under test*; the test itself waits on observable state.
@@ -63,12 +63,16 @@ class GatedFactory:
     def __call__(self, path: Path, config: ModelConfig, settings: Settings) -> Session:
         mark = float(normalize(np.full((1, 1, 1), SLOW_VALUE, np.uint8), config.preprocess, config.input.dtype).flat[0])
         warm_gated = False
-        if (self.gate / "warm.hold").exists():
-            try:
-                os.close(os.open(self.gate / "warm.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                warm_gated = True
-            except FileExistsError:
-                pass
+        hold = self.gate / "warm.hold"
+        if hold.exists():
+            target = int(hold.read_text().strip() or "1")
+            for n in range(1, target + 1):  # claim the first free number: the n-th worker to load claims n
+                try:
+                    os.close(os.open(self.gate / f"warm.claim{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+                warm_gated = n == target
+                break
         return GatedSession(create_session(path, config, settings), self.gate, mark, warm_gated)
 
 

@@ -135,7 +135,7 @@ def test_queue_limit_holds_for_the_whole_pod(tmp_path: Path, until: Callable[...
 def test_readiness_waits_for_every_worker(tmp_path: Path, until: Callable[..., None]) -> None:
     gate = tmp_path / "gate"
     gate.mkdir()
-    (gate / "warm.hold").touch()  # the first worker to load its model cannot finish warming
+    (gate / "warm.hold").write_text("2")  # the second worker to load its model cannot finish warming
     with running_pod(tmp_path, WORKERS, ready=False) as pod:
         until(lambda: total(pod.metrics(), "omr_workers_ready") == 1, 120, "one worker ready")
         reasons = set()
