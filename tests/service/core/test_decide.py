@@ -47,7 +47,8 @@ def test_bundled_config_has_the_classes_these_tests_assume() -> None:
 
 
 def test_decide_top_class_unmarked_but_marked_mass_0_6_is_marked_with_a_marked_label() -> None:
-    (d,) = decide(rows(row(empty=0.4, filled=0.35, cross=0.25)), CONFIG, "ink")
+    cfg = with_review(min_confidence=0.8, min_binary_margin=0.6)  # thresholds of the test, not the bundled ones
+    (d,) = decide(rows(row(empty=0.4, filled=0.35, cross=0.25)), cfg, "ink")
     assert d.marked is True
     assert d.marked_probability == pytest.approx(0.6, abs=1e-6)
     # one story: the label is the best class on the decided (marked) side, its probability the confidence
@@ -164,6 +165,9 @@ def test_tta_review_mode_requires_the_identity_view() -> None:
 
 
 def test_bundled_config_defaults_keep_average_tta_and_enable_sheet_context() -> None:
+    # the bundled model's serving settings, chosen out of fold by models.serving_fit (evidence in the config)
     assert CONFIG.tta.mode == "average"
-    assert CONFIG.sheet == SheetSpec()
+    assert CONFIG.sheet == SheetSpec(move_to_unmarked=True)
     assert CONFIG.sheet.enabled is True
+    evidence = CONFIG.training["serving_evidence"]
+    assert evidence["unmark_newly_missed"] == 0
