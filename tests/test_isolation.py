@@ -16,11 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 TOKEN = "from-a-dotenv-file-0123456789"
 
 
+#: the only OMR_ variables a test sees: the session's own (tests/conftest.py: gRPC off unless a test asks)
+SESSION_ENV = {"OMR_GRPC_PORT": "0"}
+
+
 def test_no_omr_variables_here_or_in_subprocesses() -> None:
-    assert [k for k in os.environ if k.startswith("OMR_")] == []
-    code = "import os; print(sorted(k for k in os.environ if k.startswith('OMR_')))"
+    assert {k: v for k, v in os.environ.items() if k.startswith("OMR_")} == SESSION_ENV
+    code = "import os; print(sorted(k + '=' + v for k, v in os.environ.items() if k.startswith('OMR_')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == str(sorted(f"{k}={v}" for k, v in SESSION_ENV.items()))
 
 
 def test_settings_ignore_a_dotenv_in_the_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
