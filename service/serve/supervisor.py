@@ -4,6 +4,7 @@
   gunicorn / uvicorn `--workers` shape), so a worker that stops accepting leaves its share to the others and
   no connection waits in a queue only a closed socket can reset (SO_REUSEPORT would give each worker its own);
 - creates the shared block (`service.serve.pod`) and the prometheus_client multiprocess folder;
+- starts the workers one after another, each when the previous one reports ready (`_start_next`);
 - a worker that dies after it was ready is replaced and counted (`omr_worker_restarts_total`); /readyz is 503
   until the replacement is warm. A worker that dies before it was ever ready stops the pod (exit 1): a start-up
   failure (bad model, bad settings) must fail the container, not crash-loop inside it;
