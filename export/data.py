@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models.labelled import decode_crops, read_labels
+from service.core.context import crop_stats
 from service.core.modelconfig import InputSpec, PreprocessSpec
 from service.core.preprocess import CropError, decode_image, normalize, prepare
 
@@ -27,6 +28,10 @@ class LabelledSet:
     y: np.ndarray  # int64 [N], index into the model's classes
     binary: np.ndarray  # bool [N], "ink" truth (the CSV's binary column, else derived from the label)
     source: str
+    #: what the served decision needs beside the logits (each sheet is one request, with its sheet context)
+    stats: np.ndarray | None = None  # float32 [N, k], `context.crop_stats` of the model-size rows
+    sizes: np.ndarray | None = None  # [N, 2] native crop (height, width)
+    sheets: list[str | None] | None = None  # sheet id per crop
 
 
 def load_labelled(labels_csv: Path, classes: tuple[str, ...], inp: InputSpec, pre: PreprocessSpec) -> LabelledSet:
@@ -35,11 +40,13 @@ def load_labelled(labels_csv: Path, classes: tuple[str, ...], inp: InputSpec, pr
 
     items = read_labels(labels_csv, classes)
     crops = decode_crops(items)
-    x = normalize(prepare(crops, inp), pre, inp.dtype)
+    rows = prepare(crops, inp)
+    x = normalize(rows, pre, inp.dtype)
     y = np.array([classes.index(it.label) for it in items], np.int64)
     ink = PROFILES["ink"]
     binary = np.array([it.binary if it.binary is not None else it.label in ink for it in items], bool)
-    return LabelledSet(x, y, binary, str(labels_csv))
+    sizes = np.array([c.shape[:2] for c in crops], np.float64)
+    return LabelledSet(x, y, binary, str(labels_csv), crop_stats(rows), sizes, [it.sheet_id for it in items])
 
 
 def calibration_crops(

@@ -229,7 +229,7 @@ def _real_dev_report(logits: np.ndarray, real: data.LabelledSet, config: ModelCo
     """The full real-dev report of `models.evaluate` (one metrics implementation for the whole project)."""
     from models.evaluate import evaluate_arrays
 
-    report = evaluate_arrays(logits, real.y, config, DEFAULT_PROFILE, real.binary)
+    report = evaluate_arrays(logits, real.y, config, DEFAULT_PROFILE, real.binary, real.stats, real.sizes, real.sheets)
     report.update(source=real.source, profile=DEFAULT_PROFILE, tta=False, temperature=config.temperature)
     return report
 

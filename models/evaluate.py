@@ -31,7 +31,7 @@ from models.labelled import (
     read_labels,
 )
 from models.scoring import metrics
-from service.core.context import combine_views, crop_stats, decide_request
+from service.core.context import combine_views, crop_stats, decide_by_sheet, decide_request
 from service.core.modelconfig import METADATA_KEY, ModelArtifactError, ModelConfig, load_config, verified_model_path
 from service.core.postprocess import Decision, calibrated_probabilities, decide
 from service.core.preprocess import normalize, prepare
@@ -139,12 +139,20 @@ def evaluate_arrays(
     config: ModelConfig,
     profile: str | None = None,
     binary_true: np.ndarray | None = None,
+    stats: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
+    sheets: Sequence[str | None] | None = None,
 ) -> dict[str, object]:
-    """Metrics for raw logits [N, C] under a model config (its temperature, profile and review rules); each
-    row is decided as a request of its own (no sheet context: the rows carry no pixels)."""
+    """Metrics for raw logits [N, C] under a model config (its temperature, profile, review and sheet rules).
+
+    With `sheets` (and the rows' `crop_stats` and native `sizes`), each sheet is decided as one request, with
+    its sheet context, exactly as `predict` and the service do; without, each row is a request of its own."""
     prof = profile or config.default_profile
     probs = calibrated_probabilities(logits, config.temperature)
-    decisions = decide(probs, config, prof)
+    if sheets is None:
+        decisions = decide(probs, config, prof)
+    else:
+        decisions = decide_by_sheet(probs, stats, config, prof, sheets, None, sizes)
     truth = np.asarray(config.marked_mask(prof), bool)[y] if binary_true is None else np.asarray(binary_true, bool)
     return metrics(y, probs, config.classes, decisions, truth)
 
