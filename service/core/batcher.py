@@ -98,6 +98,10 @@ class Batcher:
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._loop_task is None:
+            # the gauges exist from the start: in multiprocess mode a gauge never set is not exported at all,
+            # and an idle pod's dashboard, alerts and HPA need the series at 0
+            self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+            self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"batcher-{self.model}")
 
     async def drain(self, timeout_s: float) -> bool:
