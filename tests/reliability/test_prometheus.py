@@ -91,33 +91,57 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None
     raise TimeoutError(url)
 
 
+def _start_prometheus(config: Path, tmp_path: Path, attempt: int) -> tuple[subprocess.Popen[bytes], str] | None:
+    """Prometheus on a free port, ready and owning it; None if the port was taken before it bound it."""
+    port = service_process.free_port()
+    log_path = tmp_path / f"prometheus-{attempt}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/-/ready", 60, proc)
+    except RuntimeError:
+        if "address already in use" in log_path.read_text(errors="replace"):
+            return None  # another process took the port first: try another
+        raise
+    if not service_process.owns_port(proc.pid, port):  # a stranger answered on "our" port
+        _stop(proc)
+        return None
+    return proc, base
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 @pytest.fixture
 def prometheus(svc: service_process.Service, tmp_path: Path) -> Iterator[str]:
     assert PROMETHEUS is not None
-    port = service_process.free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"scrape_configs:\n  - job_name: omr\n    static_configs:\n      - targets: ['127.0.0.1:{svc.port}']\n"
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    for attempt in range(5):
+        started = _start_prometheus(config, tmp_path, attempt)
+        if started is not None:
+            break
+    else:
+        raise AssertionError("prometheus could not bind a free port in 5 attempts")
+    proc, base = started
     try:
-        wait_http(f"{base}/-/ready", 60, proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        _stop(proc)
 
 
 @pytest.mark.slow
