@@ -3,7 +3,8 @@ observable state, and the test session's isolation.
 
 Isolation (every test, every subprocess a test starts):
 - `OMR_*` environment variables are removed when the session starts, so a stray `OMR_AUTH_TOKEN` in a
-  developer's shell changes nothing (subprocesses inherit the cleaned environment);
+  developer's shell changes nothing (subprocesses inherit the cleaned environment); the session sets only its
+  own `OMR_GRPC_PORT=0` (gRPC off unless a test asks for it);
 - the session runs in an empty temporary working directory, so `Settings()` never reads a `.env` lying in the
   checkout (pydantic-settings reads `.env` relative to the working directory). Use absolute paths (`REPO / ...`).
 
