@@ -35,7 +35,7 @@ from ._support import json_crops
 
 pytestmark = pytest.mark.integration
 
-SHUTDOWN_DELAY_S = 1.5
+SHUTDOWN_DELAY_S = 6.0  # long enough that a loaded machine still asks readiness and the idle connection within it
 DRAIN_TIMEOUT_S = 15.0
 GRACE_S = SHUTDOWN_DELAY_S + DRAIN_TIMEOUT_S + 10.0
 
