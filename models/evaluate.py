@@ -31,7 +31,7 @@ from models.labelled import (
     read_labels,
 )
 from models.scoring import metrics
-from service.core.context import combine_views, crop_stats, decide_by_sheet, decide_request
+from service.core.context import combine_views, crop_stats, decide_by_sheet
 from service.core.modelconfig import METADATA_KEY, ModelArtifactError, ModelConfig, load_config, verified_model_path
 from service.core.postprocess import Decision, calibrated_probabilities, decide
 from service.core.preprocess import normalize, prepare
@@ -82,21 +82,6 @@ class Predictions:
     decisions: list[Decision]
 
 
-def _requests(sheets: Sequence[str | None] | None, n: int) -> list[np.ndarray]:
-    """Crop indices per request: one request per sheet (as an engine sends them); a crop without a sheet id
-    is a request of its own (context-free)."""
-    if sheets is None:
-        return [np.array([i]) for i in range(n)]
-    groups: dict[str, list[int]] = {}
-    alone: list[np.ndarray] = []
-    for i, s in enumerate(sheets):
-        if s:
-            groups.setdefault(s, []).append(i)
-        else:
-            alone.append(np.array([i]))
-    return [np.array(v) for v in groups.values()] + alone
-
-
 def predict(
     model: OnnxModel,
     crops: Sequence[np.ndarray],
@@ -125,12 +110,10 @@ def predict(
     mean, agree = combine_views(vp, cfg, views)
     stats = crop_stats(x)  # [N, k] on the identity-view rows, as the service computes them in its decode pass
     sizes = np.array([c.shape[:2] for c in crops], np.float64).reshape(len(x), 2)
-    decisions: list[Decision | None] = [None] * len(x)
-    for idx in _requests(sheets, len(x)):
-        got = decide_request(mean[idx], stats[idx], cfg, profile, agree[idx] if tta else None, sizes[idx])
-        for i, d in zip(idx.tolist(), got, strict=True):
-            decisions[i] = d
-    return Predictions(mean, vp, agree if tta else None, [d for d in decisions if d is not None])
+    # one request per sheet, as an engine sends them; a crop without a sheet id is a request of its own
+    by_sheet = [None] * len(x) if sheets is None else list(sheets)
+    decisions = decide_by_sheet(mean, stats, cfg, profile, by_sheet, agree if tta else None, sizes)
+    return Predictions(mean, vp, agree if tta else None, decisions)
 
 
 def evaluate_arrays(

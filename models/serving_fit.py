@@ -34,7 +34,7 @@ from models.labelled import binary_truth, decode_crops, read_labels
 from models.loso import out_of_fold
 from models.realdev import source_of
 from models.scoring import review_figures
-from service.core.context import combine_views, crop_stats, decide_request
+from service.core.context import combine_views, crop_stats, decide_by_sheet
 from service.core.modelconfig import InputSpec, ModelConfig, ReviewSpec, SheetSpec, TTASpec, VariantSpec
 from service.core.postprocess import Decision
 from service.core.preprocess import prepare
@@ -61,21 +61,13 @@ def fold_config(manifest_extra: dict[str, object], tta_mode: str = "average", sh
     )
 
 
-def redecide(view_probs, crops, sheets, cfg: ModelConfig, tta: bool, profile: str) -> list[Decision]:
-    """Decisions of already-computed per-view probabilities under `cfg`, a sheet per request, as served."""
+def redecide(view_probs, rows, sizes, sheets, cfg: ModelConfig, tta: bool, profile: str) -> list[Decision]:
+    """Decisions of already-computed per-view probabilities under `cfg`, a sheet per request, as served
+    (`rows`: the identity-view model-size crops, `sizes`: their native sizes)."""
     views = cfg.tta.views if tta else ("identity",)
     vp = view_probs if tta else view_probs[:, [cfg.tta.views.index("identity")]]
     probs, agree = combine_views(vp, cfg, tuple(views))
-    rows = prepare(crops, cfg.input)
-    stats = crop_stats(rows)
-    sizes = np.array([c.shape[:2] for c in crops], np.float64)
-    out: list[Decision | None] = [None] * len(crops)
-    for sheet in sorted(set(sheets)):
-        idx = np.flatnonzero(np.array(sheets) == sheet)
-        got = decide_request(probs[idx], stats[idx], cfg, profile, agree[idx] if tta else None, sizes[idx])
-        for i, d in zip(idx.tolist(), got, strict=True):
-            out[i] = d
-    return [d for d in out if d is not None]
+    return decide_by_sheet(probs, crop_stats(rows), cfg, profile, sheets, agree if tta else None, sizes)
 
 
 def flags_at(decisions: list[Decision], min_confidence: float, min_binary_margin: float) -> np.ndarray:
@@ -118,16 +110,18 @@ def fit(folds: Path, labels: Path, max_rate: float, profile: str = DEFAULT_PROFI
     oof = out_of_fold(folds, items, crops, cfg, tta=True, profile=profile, sealed=False)
     items = [items[i] for i in oof.index]
     crops = [crops[i] for i in oof.index]
-    sheets = [it.sheet_id or f"#{k}" for k, it in enumerate(items)]
+    sheets = [it.sheet_id for it in items]
+    rows = prepare(crops, cfg.input)  # once: every candidate below decides on the same rows
+    sizes = np.array([c.shape[:2] for c in crops], np.float64)
     truth, _ = binary_truth(items, cfg, profile)
 
     def binary(tta: bool, mode: str, sheet: bool, unmark: bool = False) -> tuple[float, list[Decision]]:
         cfg = fold_config(extra, mode, sheet)
         cfg = cfg.model_copy(update={"sheet": cfg.sheet.model_copy(update={"move_to_unmarked": unmark})})
-        d = redecide(oof.pred.view_probs, crops, sheets, cfg, tta, profile)
+        d = redecide(oof.pred.view_probs, rows, sizes, sheets, cfg, tta, profile)
         return float((np.array([x.marked for x in d]) == truth).mean()), d
 
-    evidence: dict[str, object] = {"n": len(items), "sources": sorted({source_of(s) for s in sheets})}
+    evidence: dict[str, object] = {"n": len(items), "sources": sorted({source_of(s or "") for s in sheets})}
     candidates = {
         "tta_off_sheet_on": (False, "average", True),
         "tta_off_sheet_off": (False, "average", False),
