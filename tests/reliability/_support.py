@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -204,3 +205,13 @@ def assert_json_error(r: httpx.Response, status: int | tuple[int, ...]) -> dict[
     assert isinstance(body.get("code"), str), body
     assert "Traceback" not in r.text and 'File "' not in r.text, r.text[:500]
     return body
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Stop a helper process the test started (Prometheus): SIGTERM, then SIGKILL if it overstays."""
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -39,7 +39,7 @@ import yaml
 
 from loadtest import server as service_process
 
-from ._support import json_crops
+from ._support import json_crops, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.needs_tool("prometheus", "promtool")]
 
@@ -167,12 +167,7 @@ def prometheus(pods: Pods, tmp_path: Path) -> Iterator[str]:
             time.sleep(0.2)  # another process starting: its socket is the only thing to watch
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         log.close()
 
 

@@ -29,6 +29,8 @@ from loadtest.crops import CropPool
 from loadtest.openloop import Client, closed_loop, pct
 from loadtest.overload import bodies_for
 
+from ._support import stop_process
+
 pytestmark = pytest.mark.integration
 
 PROMETHEUS = shutil.which("prometheus")
@@ -109,18 +111,9 @@ def _start_prometheus(config: Path, tmp_path: Path, attempt: int) -> tuple[subpr
             return None  # another process took the port first: try another
         raise
     if not service_process.owns_port(proc.pid, port):  # a stranger answered on "our" port
-        _stop(proc)
+        stop_process(proc)
         return None
     return proc, base
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 @pytest.fixture
@@ -141,7 +134,7 @@ def prometheus(svc: service_process.Service, tmp_path: Path) -> Iterator[str]:
     try:
         yield base
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.mark.slow
