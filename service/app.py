@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
 from service.core.classifier import Classifier
 from service.core.registry import Registry
 from service.core.runtime import SessionFactory, create_session
 from service.grpc import server as grpc_server
-from service.http import classify, docs, errors, health, limits, middleware, v2
+from service.http import classify, docs, errors, fastpath, health, limits, middleware, v2
 from service.metrics import Metrics
 from service.serve.pod import WorkerSlot
 from service.settings import Settings
@@ -49,7 +50,7 @@ def _build_state(settings: Settings, session_factory: SessionFactory) -> AppStat
 
 def create_app(
     settings: Settings | None = None, session_factory: SessionFactory = create_session, pod: WorkerSlot | None = None
-) -> FastAPI:
+) -> ServiceApp:
     """Build the service. `session_factory` lets a test wrap the real ONNX Runtime session (fault injection);
     `pod`: this process is one worker of several (`service.serve`), readiness/admission/metrics are the pod's."""
     settings = settings or Settings()
@@ -81,7 +82,7 @@ def create_app(
             state.inference_pool.shutdown(wait=True, cancel_futures=True)
             state.preprocess_pool.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(
+    app = ServiceApp(
         title="OMR bubble classification",
         version=__version__,
         description="Classifies optical-mark-recognition bubble crops with an ONNX model (see docs/api.md).",
@@ -90,9 +91,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(limits.BodyBudget, max_buffered_bytes=settings.max_buffered_bytes,
-                       max_body_bytes=settings.max_body_bytes)  # fmt: skip
-    app.add_middleware(middleware.RequestMetrics)
+    # around every route, the fast one included: one body budget per worker, one request metric
+    app.wrap(lambda inner: middleware.RequestMetrics(limits.BodyBudget(
+        inner, max_buffered_bytes=settings.max_buffered_bytes, max_body_bytes=settings.max_body_bytes)))  # fmt: skip
     errors.install(app)
     app.include_router(docs.router(app.title, settings.docs_ui))
     app.include_router(classify.router)
@@ -102,6 +103,29 @@ def create_app(
     app.include_router(v2.infer_router)
     _merge_openapi_components(app, classify.OPENAPI_COMPONENTS)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, with `POST /classify` answered by its plain-ASGI endpoint (`service.http.fastpath`) before
+    FastAPI's routing: the route that carries single-crop traffic skips FastAPI's per-request machinery.
+    `wrap` puts middleware around both (FastAPI's own `add_middleware` would only wrap FastAPI's routes)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._outer: ASGIApp = self._dispatch
+
+    def wrap(self, middleware: Callable[[ASGIApp], ASGIApp]) -> None:
+        self._outer = middleware(self._outer)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        await self._outer(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == fastpath.PATH and scope["method"] == "POST":
+            await fastpath.classify_endpoint(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def _merge_openapi_components(app: FastAPI, components: dict[str, Any]) -> None:

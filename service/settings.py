@@ -71,13 +71,20 @@ class Settings(BaseSettings):
         None, description="If set, readiness fails unless this provider is actually active after loading."
     )
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session.")
-    preprocess_threads: int = Field(1, ge=1, le=64, description="Threads that decode/preprocess crops.")
+    preprocess_threads: int = Field(
+        2, ge=1, le=64, description="Threads per worker that decode/preprocess crops (a big sheet is split across "
+        "them; OpenCV decodes without the GIL, so an idle pod decodes one sheet on several cores)."
+    )
     trt_cache_dir: Path = Field(Path("/tmp/omr-trt-cache"), description="TensorRT engine + timing cache dir.")
 
     # --- batching and admission ---
     max_batch_size: int = Field(256, ge=1, le=4096, description="Rows (crops x TTA views) per model call.")
     max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch after its 1st row.")
     max_batches_in_flight: int = Field(2, ge=1, le=64, description="Model calls running at once.")
+    pad_batches: bool | None = Field(
+        None, description="Pad model calls to power-of-two batch buckets. None: only on GPU providers (fixed "
+        "shapes for TensorRT/CUDA); on CPU any batch size runs as is and padding only wastes model time."
+    )
     queue_limit: int = Field(16384, ge=1, description="Rows waiting for a batch; beyond it requests get 429.")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="Per-request deadline; then 504.")
     admission_wait_fraction: float = Field(

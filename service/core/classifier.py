@@ -64,6 +64,8 @@ INLINE_DECODE_MAX = 4
 #: ... when each crop's header proves it small and simple (PNG, BMP, baseline JPEG; no tiles, scans, frames)
 INLINE_MAX_BYTES = 16 * 1024
 INLINE_MAX_PIXELS = 256 * 256
+#: a request's crops are decoded in chunks of at least this many, one chunk per preprocessing thread
+DECODE_CHUNK_MIN = 32
 
 
 def _inline_safe(images: Sequence[str | bytes], b64: bool) -> bool:
@@ -215,7 +217,7 @@ class Classifier:
                 results = [clock.run(_decode_chunk, images, id_list, 0, base64_encoded, inp, sizes, deadline)]
             else:
                 loop = asyncio.get_running_loop()
-                chunk = max(64, math.ceil(len(images) / self.settings.preprocess_threads))
+                chunk = max(DECODE_CHUNK_MIN, math.ceil(len(images) / self.settings.preprocess_threads))
                 jobs = [
                     loop.run_in_executor(
                         self._executor,

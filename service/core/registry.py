@@ -112,6 +112,7 @@ class Registry:
                     max_in_flight=settings.max_batches_in_flight,
                     executor=executor,
                     metrics=metrics,
+                    pad=settings.pad_batches if settings.pad_batches is not None else provider != "CPUExecutionProvider",
                 )
                 admission = Admission(batcher, settings.queue_limit, metrics)
                 served = ServedModel(config, path, session, provider, batcher, admission)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Query as QueryParam
 from pydantic import ValidationError
 
 from service.core.classifier import Classification
@@ -15,6 +18,8 @@ from service.core.preprocess import CropError, check_side
 from service.core.questions import QuestionResult, decide_questions, plan_questions
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType, clip
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
+from service.http.query import Query, media_type
+from service.state import AppState
 from service.http.errors import json_response
 from service.http.schemas import ClassifyRequest, ClassifyResponse, error_responses
 
@@ -83,8 +88,7 @@ def _validation_message(exc: ValidationError) -> tuple[str, list[dict[str, Any]]
     return "; ".join(problems), crops
 
 
-def _shape(request: Request, n: int | None, h: int | None, w: int | None) -> tuple[int, int, int]:
-    header = request.headers.get("x-crop-shape")
+def _shape(header: str | None, n: int | None, h: int | None, w: int | None) -> tuple[int, int, int]:
     if header is not None:
         # strict decimal digits (an optional '-' so a negative one is named as such): int() would take "1_0"
         fields = [p.strip() for p in header.split(",")]
@@ -98,6 +102,91 @@ def _shape(request: Request, n: int | None, h: int | None, w: int | None) -> tup
     if min(n, h, w) < 0:
         raise BadRequest(f"shape {n},{h},{w} has a negative dimension")
     return n, h, w
+
+
+@dataclass(frozen=True)
+class Call:
+    """One `POST /classify` as the transport hands it over: what its headers and query said, and how to read
+    its body and watch its connection. The FastAPI route and the ASGI fast path (`service.http.fastpath`)
+    both build one and run `classify_call`, so the two cannot answer differently."""
+
+    content_type: str  # lower case, without parameters
+    crop_shape: str | None  # the X-Crop-Shape header
+    query: Query
+    read_body: Callable[[float], Awaitable[bytes]]  # deadline -> body
+    watch: Callable[[Awaitable[Classification]], Awaitable[Classification]]  # cancels it on a disconnect
+
+
+async def classify_call(state: AppState, call: Call) -> dict[str, Any]:
+    """Classify a batch of bubble crops; results come back in request order (the response body)."""
+    deadline = time.monotonic() + state.settings.request_timeout_s
+    classifier = state.classifier
+    q = call.query
+    if call.content_type == "application/octet-stream":
+        n_, h_, w_ = _shape(call.crop_shape, q.n, q.h, q.w)
+        classifier.check_count(n_)  # count and crop size are checked before the body is read
+        try:
+            check_side(w_, h_)
+        except CropError as exc:
+            raise InvalidCrops([{"index": 0, "id": "0", "reason": exc.reason, "message": exc.message}]) from None
+        body = await call.read_body(deadline)
+        if len(body) != n_ * h_ * w_:
+            raise InvalidCrops(
+                [{"index": 0, "id": "0", "reason": "bad_shape",
+                  "message": f"body is {len(body)} bytes; shape {n_}x{h_}x{w_} needs {n_ * h_ * w_}"}]
+            )  # fmt: skip
+        tensor = np.frombuffer(body, np.uint8).reshape(n_, h_, w_)
+        work = classifier.classify_raw(
+            tensor,
+            None,
+            deadline=deadline,
+            model=q.model,
+            version=q.version,
+            profile=q.profile,
+            tta_requested=q.tta,
+            sheet=q.sheet,
+            sheet_context=q.sheet_context,
+        )
+        return render(await call.watch(work))
+    if call.content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(
+            f"Content-Type {call.content_type!r}: send application/json or application/octet-stream"
+        )
+    body = await call.read_body(deadline)
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("body must be a JSON object with a 'crops' list")
+    crops = payload.get("crops")
+    if isinstance(crops, list):
+        classifier.check_count(len(crops))  # before validating or decoding anything
+    try:
+        req = ClassifyRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, bad = _validation_message(exc)
+        raise BadRequest(message, crops=bad) from None
+    ids = [c.id if c.id is not None else str(i) for i, c in enumerate(req.crops)]
+    overrides = {qid: qs.max_marks for qid, qs in (req.questions or {}).items()}
+    plan = plan_questions([c.question for c in req.crops], req.max_marks, overrides)  # 422 before any decoding
+    work = classifier.classify_encoded(
+        [c.image for c in req.crops],
+        ids,
+        base64_encoded=True,
+        deadline=deadline,
+        model=req.model,
+        version=req.version,
+        profile=req.profile,
+        tta_requested=req.tta,
+        sheet=req.sheet,
+        sheet_context=req.sheet_context,
+    )
+    result = await call.watch(work)
+    out = render(result)
+    if plan:
+        out["questions"] = render_questions(decide_questions(plan, result.decisions, ids, stats=result.stats))
+    return out
 
 
 @router.post(
@@ -117,84 +206,23 @@ def _shape(request: Request, n: int | None, h: int | None, w: int | None) -> tup
 async def classify(
     request: Request,
     state: State,
-    n: Annotated[int | None, Query(ge=0, description="raw tensor: number of crops")] = None,
-    h: Annotated[int | None, Query(ge=0, description="raw tensor: crop height")] = None,
-    w: Annotated[int | None, Query(ge=0, description="raw tensor: crop width")] = None,
-    tta: Annotated[bool | None, Query(description="raw tensor: TTA on/off")] = None,
-    profile: Annotated[str | None, Query(description="raw tensor: profile")] = None,
-    model: Annotated[str | None, Query(description="raw tensor: model name")] = None,
-    version: Annotated[str | None, Query(description="raw tensor: model version")] = None,
-    sheet: Annotated[str | None, Query(max_length=256, description="raw tensor: sheet name")] = None,
-    sheet_context: Annotated[bool | None, Query(description="raw tensor: sheet context on/off")] = None,
+    n: Annotated[int | None, QueryParam(ge=0, description="raw tensor: number of crops")] = None,
+    h: Annotated[int | None, QueryParam(ge=0, description="raw tensor: crop height")] = None,
+    w: Annotated[int | None, QueryParam(ge=0, description="raw tensor: crop width")] = None,
+    tta: Annotated[bool | None, QueryParam(description="raw tensor: TTA on/off")] = None,
+    profile: Annotated[str | None, QueryParam(description="raw tensor: profile")] = None,
+    model: Annotated[str | None, QueryParam(description="raw tensor: model name")] = None,
+    version: Annotated[str | None, QueryParam(description="raw tensor: model version")] = None,
+    sheet: Annotated[str | None, QueryParam(max_length=256, description="raw tensor: sheet name")] = None,
+    sheet_context: Annotated[bool | None, QueryParam(description="raw tensor: sheet context on/off")] = None,
 ) -> Response:
     """Classify a batch of bubble crops; results come back in request order."""
-    deadline = time.monotonic() + state.settings.request_timeout_s
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    classifier = state.classifier
-    if content_type == "application/octet-stream":
-        n_, h_, w_ = _shape(request, n, h, w)
-        classifier.check_count(n_)  # count and crop size are checked before the body is read
-        try:
-            check_side(w_, h_)
-        except CropError as exc:
-            raise InvalidCrops([{"index": 0, "id": "0", "reason": exc.reason, "message": exc.message}]) from None
-        body = await read_body(request, state, deadline)
-        if len(body) != n_ * h_ * w_:
-            raise InvalidCrops(
-                [{"index": 0, "id": "0", "reason": "bad_shape",
-                  "message": f"body is {len(body)} bytes; shape {n_}x{h_}x{w_} needs {n_ * h_ * w_}"}]
-            )  # fmt: skip
-        tensor = np.frombuffer(body, np.uint8).reshape(n_, h_, w_)
-        result = await until_disconnect(
-            request,
-            state,
-            classifier.classify_raw(
-                tensor,
-                None,
-                deadline=deadline,
-                model=model,
-                version=version,
-                profile=profile,
-                tta_requested=tta,
-                sheet=sheet,
-                sheet_context=sheet_context,
-            ),
-        )
-        return json_response(render(result))
-    if content_type not in ("application/json", ""):
-        raise UnsupportedMediaType(f"Content-Type {content_type!r}: send application/json or application/octet-stream")
-    body = await read_body(request, state, deadline)
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadRequest("body must be a JSON object with a 'crops' list")
-    crops = payload.get("crops")
-    if isinstance(crops, list):
-        classifier.check_count(len(crops))  # before validating or decoding anything
-    try:
-        req = ClassifyRequest.model_validate(payload)
-    except ValidationError as exc:
-        message, bad = _validation_message(exc)
-        raise BadRequest(message, crops=bad) from None
-    ids = [c.id if c.id is not None else str(i) for i, c in enumerate(req.crops)]
-    overrides = {qid: q.max_marks for qid, q in (req.questions or {}).items()}
-    plan = plan_questions([c.question for c in req.crops], req.max_marks, overrides)  # 422 before any decoding
-    work = classifier.classify_encoded(
-        [c.image for c in req.crops],
-        ids,
-        base64_encoded=True,
-        deadline=deadline,
-        model=req.model,
-        version=req.version,
-        profile=req.profile,
-        tta_requested=req.tta,
-        sheet=req.sheet,
-        sheet_context=req.sheet_context,
+    call = Call(
+        content_type=media_type(request.headers.get("content-type", "")),
+        crop_shape=request.headers.get("x-crop-shape"),
+        query=Query(n=n, h=h, w=w, tta=tta, profile=profile, model=model, version=version, sheet=sheet,
+                    sheet_context=sheet_context),
+        read_body=lambda deadline: read_body(request, state, deadline),
+        watch=lambda work: until_disconnect(request, state, work),
     )
-    result = await until_disconnect(request, state, work)
-    body = render(result)
-    if plan:
-        body["questions"] = render_questions(decide_questions(plan, result.decisions, ids, stats=result.stats))
-    return json_response(body)
+    return json_response(await classify_call(state, call))

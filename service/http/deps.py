@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from starlette.types import Receive
 
 from service.errors import PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable
 from service.state import AppState
@@ -29,12 +30,22 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def _check_token(request: Request, token: str) -> None:
-    header = request.headers.get("authorization", "")
+def check_token(header: str, token: str) -> None:
+    """The `Authorization` header's value against the configured token (401 unless `Bearer <token>`)."""
     scheme, _, presented = header.partition(" ")
     # constant-time: the comparison takes as long for a near miss as for garbage
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
         raise Unauthorized()
+
+
+def _check_token(request: Request, token: str) -> None:
+    check_token(request.headers.get("authorization", ""), token)
+
+
+def check_warm(state: AppState) -> None:
+    """Inference waits for warm-up (503 + Retry-After); a draining server still serves what it accepts."""
+    if not state.warmed.is_set():
+        raise Unavailable("the model is still warming up", retry_after_s=1)
 
 
 async def require_auth(request: Request, state: State) -> None:
@@ -44,9 +55,7 @@ async def require_auth(request: Request, state: State) -> None:
 
 
 async def require_warm(state: State) -> None:
-    """Inference waits for warm-up (503 + Retry-After); a draining server still serves what it accepts."""
-    if not state.warmed.is_set():
-        raise Unavailable("the model is still warming up", retry_after_s=1)
+    check_warm(state)
 
 
 async def require_auth_health(request: Request, state: State) -> None:
@@ -60,14 +69,19 @@ async def require_auth_metrics(request: Request, state: State) -> None:
 
 
 async def read_body(request: Request, state: AppState, deadline: float | None = None) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `OMR_MAX_BODY_BYTES`.
+    """The request body of a Starlette request (`receive_body`)."""
+    return await receive_body(request.receive, request.headers.get("content-length"), state, deadline)
 
-    Content-Length is checked before reading anything; the stream is counted too (chunked uploads, lying
-    headers), so an oversized body is never held in memory whole. The request's deadline (a monotonic time)
-    covers the read: a body still arriving then is a 408 (the front door's `body_timeout_s` is the backstop).
+
+async def receive_body(receive: Receive, declared: str | None, state: AppState, deadline: float | None = None) -> bytes:
+    """The request body from ASGI `receive`, refused with 413 as soon as it is known to exceed `OMR_MAX_BODY_BYTES`.
+
+    `declared` (Content-Length) is checked before reading anything; the stream is counted too (chunked
+    uploads, lying headers), so an oversized body is never held in memory whole. The request's deadline (a
+    monotonic time) covers the read: a body still arriving then is a 408 (the front door's `body_timeout_s` is
+    the backstop). A client that disconnects meanwhile raises `ClientDisconnected`.
     """
     limit = state.settings.max_body_bytes
-    declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         state.metrics.rejections.labels("body_too_large").inc()
         raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
@@ -75,19 +89,30 @@ async def read_body(request: Request, state: AppState, deadline: float | None = 
     total = 0
     try:
         async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected()
+                chunk = message.get("body", b"")
                 total += len(chunk)
                 if total > limit:
                     state.metrics.rejections.labels("body_too_large").inc()
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         state.metrics.rejections.labels("body_timeout").inc()
         raise RequestTimeout(f"the request body was not received within the deadline ({total} bytes came)") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def until_disconnect(request: Request, state: AppState, work: Awaitable[T]) -> T:
+    """`watch_disconnect` for a Starlette request."""
+    return await watch_disconnect(request.receive, state, work)
+
+
+async def watch_disconnect(receive: Receive, state: AppState, work: Awaitable[T]) -> T:
     """Await `work` (after the body was read), cancelling it if the client disconnects first.
 
     Cancelling cancels the batcher future, so the request's still-queued rows are dropped instead of computed.
@@ -95,7 +120,7 @@ async def until_disconnect(request: Request, state: AppState, work: Awaitable[T]
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
 
     watcher = asyncio.ensure_future(disconnected())
