@@ -72,8 +72,11 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session.")
     preprocess_threads: int = Field(
-        2, ge=1, le=64, description="Threads per worker that decode/preprocess crops (a big sheet is split across "
-        "them; OpenCV decodes without the GIL, so an idle pod decodes one sheet on several cores)."
+        2,
+        ge=1,
+        le=64,
+        description="Threads per worker that decode/preprocess crops (a big sheet is split across "
+        "them; OpenCV decodes without the GIL, so an idle pod decodes one sheet on several cores).",
     )
     trt_cache_dir: Path = Field(Path("/tmp/omr-trt-cache"), description="TensorRT engine + timing cache dir.")
 
@@ -82,8 +85,9 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch after its 1st row.")
     max_batches_in_flight: int = Field(2, ge=1, le=64, description="Model calls running at once.")
     pad_batches: bool | None = Field(
-        None, description="Pad model calls to power-of-two batch buckets. None: only on GPU providers (fixed "
-        "shapes for TensorRT/CUDA); on CPU any batch size runs as is and padding only wastes model time."
+        None,
+        description="Pad model calls to power-of-two batch buckets. None: only on GPU providers (fixed "
+        "shapes for TensorRT/CUDA); on CPU any batch size runs as is and padding only wastes model time.",
     )
     queue_limit: int = Field(16384, ge=1, description="Rows waiting for a batch; beyond it requests get 429.")
     request_timeout_s: float = Field(10.0, gt=0, le=600, description="Per-request deadline; then 504.")

@@ -74,6 +74,11 @@ def _variant(config: ModelConfig, wanted: str, provider: str) -> str:
     return config.default_variant
 
 
+def _pads(settings: Settings, provider: str) -> bool:
+    """Pad model calls to batch buckets: as set, else only off CPU (`Settings.pad_batches`)."""
+    return settings.pad_batches if settings.pad_batches is not None else provider != "CPUExecutionProvider"
+
+
 class Registry:
     def __init__(self, models: dict[str, dict[str, ServedModel]], default_model: str, default_version: str | None):
         if default_model not in models:
@@ -112,7 +117,7 @@ class Registry:
                     max_in_flight=settings.max_batches_in_flight,
                     executor=executor,
                     metrics=metrics,
-                    pad=settings.pad_batches if settings.pad_batches is not None else provider != "CPUExecutionProvider",
+                    pad=_pads(settings, provider),
                 )
                 admission = Admission(batcher, settings.queue_limit, metrics)
                 served = ServedModel(config, path, session, provider, batcher, admission)

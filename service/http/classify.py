@@ -18,10 +18,10 @@ from service.core.preprocess import CropError, check_side
 from service.core.questions import QuestionResult, decide_questions, plan_questions
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType, clip
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
-from service.http.query import Query, media_type
-from service.state import AppState
 from service.http.errors import json_response
+from service.http.query import Query, media_type
 from service.http.schemas import ClassifyRequest, ClassifyResponse, error_responses
+from service.state import AppState
 
 router = APIRouter(dependencies=[Depends(require_auth), Depends(require_warm)], tags=["classify"])
 
@@ -220,8 +220,17 @@ async def classify(
     call = Call(
         content_type=media_type(request.headers.get("content-type", "")),
         crop_shape=request.headers.get("x-crop-shape"),
-        query=Query(n=n, h=h, w=w, tta=tta, profile=profile, model=model, version=version, sheet=sheet,
-                    sheet_context=sheet_context),
+        query=Query(
+            n=n,
+            h=h,
+            w=w,
+            tta=tta,
+            profile=profile,
+            model=model,
+            version=version,
+            sheet=sheet,
+            sheet_context=sheet_context,
+        ),
         read_body=lambda deadline: read_body(request, state, deadline),
         watch=lambda work: until_disconnect(request, state, work),
     )
