@@ -78,6 +78,9 @@ def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> 
             "best_batch": top.batch,
             "best_crops_per_s_per_core": top.per_core,
             "pipeline": pipes,
+            "pipeline_parallel": ceiling.parallel_pipeline_rate(
+                sess, config, pool.b64, args.sheet_crops, container_cpus(), max(2.0, 2 * args.min_cpu_s)
+            ),
         }
         print(f"[ceiling] {variant}: best {top.per_core:,.0f} crops/s/core at batch {top.batch}", flush=True)
     return out

@@ -83,6 +83,13 @@ class Batcher:
         self._max_delay_s = max_delay_s
         self._executor = executor
         self._metrics = metrics
+        # this model's metric children, looked up once (`labels()` per request was a measurable cost)
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._batches_in_flight = metrics.batches_in_flight.labels(model)
+        self._queue_wait = metrics.queue_wait_seconds.labels(model)
+        self._inference_seconds = metrics.inference_seconds.labels(model, provider)
+        self._batch_size = metrics.batch_size.labels(model)
+        self._fill_ratio = metrics.batch_fill_ratio.labels(model)
         self._queue: deque[_Work] = deque()
         self._queued_rows = 0
         self._running_rows = 0
@@ -105,8 +112,8 @@ class Batcher:
         if self._loop_task is None:
             # the gauges exist from the start: in multiprocess mode a gauge never set is not exported at all,
             # and an idle pod's dashboard, alerts and HPA need the series at 0
-            self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
-            self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
+            self._queue_depth.set(self._queued_rows)
+            self._batches_in_flight.set(self._in_flight)
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"batcher-{self.model}")
 
     async def drain(self, timeout_s: float) -> bool:
@@ -165,7 +172,7 @@ class Batcher:
         self._queue.append(work)
         self._queued_rows += len(rows)
         self._idle.clear()
-        self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+        self._queue_depth.set(self._queued_rows)
         self._arrived.set()
         return work.future
 
@@ -175,7 +182,7 @@ class Batcher:
         if rest:
             work.taken = len(work.rows)
             self._queued_rows -= rest
-            self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+            self._queue_depth.set(self._queued_rows)
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -227,7 +234,7 @@ class Batcher:
     def _launch(self, parts: list[tuple[_Work, int, int]]) -> None:
         self._in_flight += 1
         self._running_rows += sum(b - a for _, a, b in parts)
-        self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
+        self._batches_in_flight.set(self._in_flight)
         task = asyncio.create_task(self._run_batch(parts))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -243,7 +250,7 @@ class Batcher:
                 self._queue.popleft()
                 continue
             if work.taken == 0:
-                self._metrics.queue_wait_seconds.labels(self.model).observe(now - work.enqueued)
+                self._queue_wait.observe(now - work.enqueued)
             k = min(limit - n, len(work.rows) - work.taken)
             parts.append((work, work.taken, work.taken + k))
             work.taken += k
@@ -251,7 +258,7 @@ class Batcher:
             self._queued_rows -= k
             if work.taken >= len(work.rows):
                 self._queue.popleft()
-        self._metrics.queue_depth.labels(self.model).set(self._queued_rows)
+        self._queue_depth.set(self._queued_rows)
         return parts
 
     async def _run_batch(self, parts: list[tuple[_Work, int, int]]) -> None:
@@ -288,7 +295,7 @@ class Batcher:
         finally:
             self._in_flight -= 1
             self._running_rows -= n
-            self._metrics.batches_in_flight.labels(self.model).set(self._in_flight)
+            self._batches_in_flight.set(self._in_flight)
             self._slots.release()
             self._check_idle()
 
@@ -305,10 +312,9 @@ class Batcher:
         return probs[:n]
 
     def _observe(self, n: int, size: int, dt: float) -> None:
-        m = self._metrics
-        m.inference_seconds.labels(self.model, self.provider).observe(dt)
-        m.batch_size.labels(self.model).observe(n)
-        m.batch_fill_ratio.labels(self.model).observe(n / size)
+        self._inference_seconds.observe(dt)
+        self._batch_size.observe(n)
+        self._fill_ratio.observe(n / size)
         # Model cost per row over a sliding window of recent calls: total call time / total rows, so large
         # batches (how a backlog is actually served) dominate. The earlier end-to-end estimate (gap between
         # completions / rows of one batch) priced a 1-row batch that followed a decoding pause at the whole

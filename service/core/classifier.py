@@ -310,11 +310,13 @@ class Classifier:
             if budget <= 0:
                 self.metrics.rejections.labels("timeout").inc()
                 raise DeadlineExceeded("the request timed out while its crops were decoded")
+            queued = served.batcher.submit(rows)
+            reservation.release()  # the rows count as queued from here on
             try:
-                queued = served.batcher.submit(rows)
-                reservation.release()  # the rows count as queued from here on
-                probs = await asyncio.wait_for(queued, budget)
-            except asyncio.TimeoutError:
+                # the deadline cancels this task's wait, which cancels `queued`: its rows still queued are dropped
+                async with asyncio.timeout(budget):
+                    probs = await queued
+            except TimeoutError:
                 self.metrics.rejections.labels("timeout").inc()
                 raise DeadlineExceeded(
                     f"the request did not finish within {self.settings.request_timeout_s:g}s; "

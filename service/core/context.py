@@ -26,6 +26,8 @@ def combine_views(view_probs: np.ndarray, config: ModelConfig, views: tuple[str,
     `config.tta.mode` "average": the mean over the views decides; "review": the identity view decides and
     the views' label agreement only feeds the review flag. With one view both are that view.
     """
+    if view_probs.shape[1] == 1:  # no TTA: the one view is the answer (the common case, kept cheap)
+        return view_probs[:, 0], np.ones(len(view_probs), bool)
     labels = view_probs.argmax(axis=-1)  # [N, V]
     agree = (labels == labels[:, :1]).all(axis=1)
     if config.tta.mode == "review" and "identity" in views:

@@ -36,6 +36,22 @@ class Decision:
         return bool(self.review_reasons)
 
 
+_MASKS: dict[tuple[int, str], tuple[ModelConfig, np.ndarray]] = {}
+
+
+def _mask(config: ModelConfig, profile: str) -> np.ndarray:
+    """`config.marked_mask(profile)` as a bool array, made once per (config, profile): decide runs per request."""
+    key = (id(config), profile)
+    hit = _MASKS.get(key)
+    if hit is None or hit[0] is not config:  # the config is kept in the entry, so its id cannot be reused
+        mask = np.asarray(config.marked_mask(profile), dtype=bool)
+        mask.setflags(write=False)
+        if len(_MASKS) >= 64:  # a process serves a handful of configs; tests build many
+            _MASKS.clear()
+        _MASKS[key] = hit = (config, mask)
+    return hit[1]
+
+
 def decide(
     probs: np.ndarray,
     config: ModelConfig,
@@ -55,14 +71,14 @@ def decide(
     `label_marked_conflict`; such a row never has confidence >= 0.5, so it is already in review for
     `low_confidence` unless the thresholds are set below 0.5.
     """
-    mask = np.asarray(config.marked_mask(profile), dtype=bool)
+    mask = _mask(config, profile)
     marked_p = np.minimum(probs[:, mask].sum(axis=1), 1.0)
-    moved = np.zeros(len(probs), bool) if sheet_moved is None else np.asarray(sheet_moved, bool)
-    marked = (marked_p >= 0.5) ^ moved
+    marked = marked_p >= 0.5
+    if sheet_moved is not None:
+        marked ^= np.asarray(sheet_moved, bool)
     top = probs.argmax(axis=1)
     # best class on the decided side: -1 pushes the other side's classes below every probability
-    side = np.where(marked[:, None], mask[None, :], ~mask[None, :])
-    label = np.where(side, probs, -1.0).argmax(axis=1)
+    label = np.where(marked[:, None] == mask[None, :], probs, -1.0).argmax(axis=1)
     conf = probs[np.arange(len(probs)), label]
     rv = config.review
     out: list[Decision] = []
@@ -72,7 +88,7 @@ def decide(
     conf_l = conf.tolist()
     marked_l = marked_p.tolist()
     decided_l = marked.tolist()
-    moved_l = moved.tolist()
+    moved_l = [False] * len(probs) if sheet_moved is None else np.asarray(sheet_moved, bool).tolist()
     conflict_l = (label != top).tolist()
     label_l = label.tolist()
     agree_l = tta_agree.tolist() if tta_agree is not None and rv.tta_disagreement else None

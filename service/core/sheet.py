@@ -59,7 +59,8 @@ def crop_stats(rows: np.ndarray) -> np.ndarray:
         return np.zeros((0, len(STAT_NAMES)), np.float32)
     c = max(1, min(h, w) // 8)
     corners = np.stack([rows[:, :c, :c], rows[:, :c, -c:], rows[:, -c:, :c], rows[:, -c:, -c:]], axis=1)  # [N, 4, c, c]
-    bright = corners.reshape(n, 4, -1).mean(axis=2, dtype=np.float32).max(axis=1)  # [N]
+    # = .mean(axis=2, dtype=float32) without ndarray.mean's Python wrapper (this runs once per request)
+    bright = (np.add.reduce(corners.reshape(n, 4, -1), axis=2, dtype=np.float32) / (c * c)).max(axis=1)  # [N]
     flat, weights = rows.reshape(n, -1), _weights(h, w)
     means = np.empty((n, 2), np.float32)
     for s in range(0, n, _CHUNK):  # float32 copies of 256 rows stay in cache: 10x faster than one big product

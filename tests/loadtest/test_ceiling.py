@@ -50,3 +50,13 @@ def test_pipeline_rate_runs_the_service_path(pool: CropPool) -> None:
     assert prep.label == "decode+preprocess" and full.label == "decode+preprocess+model"
     assert prep.crops >= 8 and full.crops >= 8
     assert full.to_dict()["crops_per_s_per_core"] == full.per_core
+
+
+def test_parallel_pipeline_rate_runs_every_thread_at_once(pool: CropPool) -> None:
+    config = load_config(VERSION_DIR)
+    sess = ceiling.session(VERSION_DIR / "model.onnx")
+    out = ceiling.parallel_pipeline_rate(sess, config, pool.b64, 8, threads=2, seconds=0.2)
+    assert out["threads"] == 2 and out["batch"] == 8
+    assert len(out["per_thread"]) == 2 and all(n >= 8 and n % 8 == 0 for n in out["per_thread"])  # each ran
+    assert out["crops"] == sum(out["per_thread"])
+    assert out["crops_per_s"] == out["crops"] / out["wall_s"] and out["wall_s"] >= 0.2

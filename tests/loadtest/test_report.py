@@ -78,3 +78,17 @@ def test_summarise_leaves_out_scenarios_of_failed_requests() -> None:
     assert s["invalid_scenarios"] == ["batching_off single (500 of 1000 requests failed)"]
     result["summary"] = s
     assert "Not used for targets" in report.markdown(result)
+
+
+def test_cores_ceiling_is_the_measured_parallel_rate_when_the_bench_has_it() -> None:
+    result = _result()
+    result["ceiling"]["fp32"]["pipeline_parallel"] = {"threads": 2, "batch": 64, "crops": 1, "wall_s": 1.0,
+                                                      "crops_per_s": 7_500.0}  # fmt: skip
+    s = report.summarise(result)
+    verdicts = {t["name"]: t["met"] for t in s["targets"]}
+    assert s["sheet_fraction_of_cores_ceiling"] == 0.8  # 6,000 of the 7,500 two threads reached together
+    assert verdicts["sheets / in-process ceiling of 2 cores (2 threads, measured)"] is True
+    assert s["sheet_fraction_of_cores_x_one"] == 0.3  # still reported: 2 x one thread's 10,000
+    result["summary"] = s
+    md = report.markdown(result)
+    assert "2 threads at once" in md and "0.75x one thread's rate" in md
