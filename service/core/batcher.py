@@ -149,6 +149,11 @@ class Batcher:
 
     # --- what admission control reads (`service.core.admission`) -----------------------------------------
     @property
+    def pads(self) -> bool:
+        """Model calls are padded to a bucket (`Settings.pad_batches`)."""
+        return self._pad
+
+    @property
     def queued_rows(self) -> int:
         return self._queued_rows
 

@@ -192,3 +192,79 @@ def test_stop_fails_queued_requests(pool) -> None:
     exc = asyncio.run(go())
     assert isinstance(exc, InferenceFailed) and "stopped before this request ran" in str(exc)
     assert all(2 not in s[:, 0, 0] for s in model.seen)  # never computed
+
+
+def test_unpadded_batcher_calls_the_model_with_exactly_the_rows(pool) -> None:
+    """On CPU (pad=False) a model call gets the real rows only: no padding rows to compute."""
+    model = Model()
+
+    async def go() -> list[np.ndarray]:
+        b = make(model, pool, max_batch_size=64, max_delay_s=0.05, pad=False)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(rows([k, k, k])) for k in range(1, 11)))
+        finally:
+            await b.stop()
+
+    outs = asyncio.run(go())
+    assert [out[:, 0].tolist() for out in outs] == [[k, k, k] for k in range(1, 11)]
+    assert [len(s) for s in model.seen] == [30]  # the padded batcher's call is 32 rows (test above)
+
+
+class Overlap(Model):
+    """Counts model calls running at the same moment; each call waits until `want` are inside (or 10 s)."""
+
+    def __init__(self, want: int) -> None:
+        super().__init__()
+        self.want = want
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.most = 0
+        self.all_in = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+            if self.inside >= self.want:
+                self.all_in.set()
+        self.all_in.wait(10)
+        try:
+            return super().__call__(batch)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+def test_big_backlog_on_an_idle_model_is_split_across_the_free_slots(pool) -> None:
+    """One 100-row sheet with two idle model slots: two calls of 50 rows, running at once (idle latency)."""
+    model = Overlap(want=2)
+
+    async def go() -> np.ndarray:
+        b = make(model, pool, max_batch_size=256, max_in_flight=2, pad=False, split_min_rows=32)
+        b.start()
+        try:
+            return await b.submit(rows([i % 250 for i in range(100)]))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(go())
+    assert out[:, 0].tolist() == [i % 250 for i in range(100)]  # order kept across the two calls
+    assert sorted(len(s) for s in model.seen) == [50, 50]
+    assert model.most == 2  # both parts were in the model together
+
+
+@pytest.mark.parametrize(("n", "calls"), [(63, [63]), (64, [32, 32])])
+def test_a_backlog_below_two_split_minimums_goes_in_one_call(pool, n: int, calls: list[int]) -> None:
+    model = Model()
+
+    async def go() -> None:
+        b = make(model, pool, max_batch_size=256, max_in_flight=2, pad=False, split_min_rows=32)
+        b.start()
+        try:
+            await b.submit(rows([1] * n))
+        finally:
+            await b.stop()
+
+    asyncio.run(go())
+    assert sorted(len(s) for s in model.seen) == calls

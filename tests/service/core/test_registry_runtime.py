@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.app import _build_state
@@ -157,3 +159,44 @@ def test_two_models_served_side_by_side(tmp_path: Path, live_server, make_crops,
         assert httpx.get(f"{url}/v2/models/omr-other/versions/3/ready", timeout=5).status_code == 200
         ready = httpx.get(f"{url}/readyz", timeout=5).json()
         assert {m["name"] for m in ready["models"]} == {"omr-bubble", "omr-other"}
+
+
+class _Recording:
+    """The real ONNX Runtime session, recording the batch size of every call."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.sizes: list[int] = []
+
+    def run(self, names, feeds):
+        self.sizes.append(len(next(iter(feeds.values()))))
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+
+@pytest.mark.parametrize(("pad_batches", "expect_pads", "sizes"), [(None, False, [5]), (True, True, [8])])
+def test_cpu_model_calls_are_not_padded_unless_asked(pad_batches, expect_pads, sizes) -> None:
+    recorded: list[_Recording] = []
+
+    def factory(path, config, settings):
+        recorded.append(_Recording(create_session(path, config, settings)))
+        return recorded[-1]
+
+    with ThreadPoolExecutor(1) as pool:
+        registry = Registry.load(Settings(pad_batches=pad_batches), factory, pool, Metrics())
+        served = registry.get()
+        assert served.provider == "CPUExecutionProvider" and served.batcher.pads is expect_pads
+        rows = np.full((5, served.config.input.height, served.config.input.width), 255, np.uint8)
+
+        async def one() -> np.ndarray:
+            served.batcher.start()
+            try:
+                return await served.batcher.submit(rows)
+            finally:
+                await served.batcher.stop()
+
+        out = asyncio.run(one())
+    assert out.shape == (5, len(served.config.classes))
+    assert recorded[0].sizes == sizes  # 5 rows: exactly 5 on CPU, the 8-row bucket when padding is asked for
