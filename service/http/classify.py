@@ -120,6 +120,12 @@ class Call:
     watch: Callable[[Awaitable[Classification]], Awaitable[Classification]]  # cancels it on a disconnect
 
 
+def _options(src: Query | ClassifyRequest, deadline: float) -> dict[str, Any]:
+    """The classifier's per-request options: named alike in the raw path's query string and the JSON body."""
+    return {"deadline": deadline, "model": src.model, "version": src.version, "profile": src.profile,
+            "tta_requested": src.tta, "sheet": src.sheet, "sheet_context": src.sheet_context}  # fmt: skip
+
+
 async def classify_call(state: AppState, call: Call) -> dict[str, Any]:
     """Classify a batch of bubble crops; results come back in request order (the response body)."""
     deadline = time.monotonic() + state.settings.request_timeout_s
@@ -139,17 +145,7 @@ async def classify_call(state: AppState, call: Call) -> dict[str, Any]:
                   "message": f"body is {len(body)} bytes; shape {n_}x{h_}x{w_} needs {n_ * h_ * w_}"}]
             )  # fmt: skip
         tensor = np.frombuffer(body, np.uint8).reshape(n_, h_, w_)
-        work = classifier.classify_raw(
-            tensor,
-            None,
-            deadline=deadline,
-            model=q.model,
-            version=q.version,
-            profile=q.profile,
-            tta_requested=q.tta,
-            sheet=q.sheet,
-            sheet_context=q.sheet_context,
-        )
+        work = classifier.classify_raw(tensor, None, **_options(q, deadline))
         return render(await (work if n_ <= UNWATCHED_MAX_CROPS else call.watch(work)))
     if call.content_type not in ("application/json", ""):
         raise UnsupportedMediaType(
@@ -174,16 +170,7 @@ async def classify_call(state: AppState, call: Call) -> dict[str, Any]:
     overrides = {qid: qs.max_marks for qid, qs in (req.questions or {}).items()}
     plan = plan_questions([c.question for c in req.crops], req.max_marks, overrides)  # 422 before any decoding
     work = classifier.classify_encoded(
-        [c.image for c in req.crops],
-        ids,
-        base64_encoded=True,
-        deadline=deadline,
-        model=req.model,
-        version=req.version,
-        profile=req.profile,
-        tta_requested=req.tta,
-        sheet=req.sheet,
-        sheet_context=req.sheet_context,
+        [c.image for c in req.crops], ids, base64_encoded=True, **_options(req, deadline)
     )
     # a request of a few crops is not watched: its rows cost less to compute for nobody than a watcher task
     # costs every such request (~5 % of a one-crop request's CPU); its deadline still drops them

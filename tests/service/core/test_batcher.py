@@ -80,11 +80,13 @@ def test_submit_large_request_split_and_padded(pool) -> None:
     assert all(len(s) in buckets(8) for s in model.seen)
 
 
-def test_submit_concurrent_requests_share_batches(pool) -> None:
+@pytest.mark.parametrize(("pad", "rows_computed"), [(True, 32), (False, 30)])
+def test_submit_concurrent_requests_share_batches(pool, pad: bool, rows_computed: int) -> None:
+    """30 rows in one call: padded to the 32-row bucket, or (on CPU, pad=False) exactly the 30 real rows."""
     model = Model()
 
     async def go() -> list[np.ndarray]:
-        b = make(model, pool, max_batch_size=64, max_delay_s=0.05)
+        b = make(model, pool, max_batch_size=64, max_delay_s=0.05, pad=pad)
         b.start()
         try:
             return await asyncio.gather(*(b.submit(rows([k, k, k])) for k in range(1, 11)))
@@ -94,7 +96,7 @@ def test_submit_concurrent_requests_share_batches(pool) -> None:
     outs = asyncio.run(go())
     for k, out in enumerate(outs, start=1):
         assert out[:, 0].tolist() == [k, k, k]
-    assert len(model.seen) == 1 and len(model.seen[0]) == 32  # 30 rows in one call, padded to 32
+    assert len(model.seen) == 1 and len(model.seen[0]) == rows_computed
     assert (model.seen[0][30:] == 0).all()
 
 
@@ -192,23 +194,6 @@ def test_stop_fails_queued_requests(pool) -> None:
     exc = asyncio.run(go())
     assert isinstance(exc, InferenceFailed) and "stopped before this request ran" in str(exc)
     assert all(2 not in s[:, 0, 0] for s in model.seen)  # never computed
-
-
-def test_unpadded_batcher_calls_the_model_with_exactly_the_rows(pool) -> None:
-    """On CPU (pad=False) a model call gets the real rows only: no padding rows to compute."""
-    model = Model()
-
-    async def go() -> list[np.ndarray]:
-        b = make(model, pool, max_batch_size=64, max_delay_s=0.05, pad=False)
-        b.start()
-        try:
-            return await asyncio.gather(*(b.submit(rows([k, k, k])) for k in range(1, 11)))
-        finally:
-            await b.stop()
-
-    outs = asyncio.run(go())
-    assert [out[:, 0].tolist() for out in outs] == [[k, k, k] for k in range(1, 11)]
-    assert [len(s) for s in model.seen] == [30]  # the padded batcher's call is 32 rows (test above)
 
 
 class Overlap(Model):
