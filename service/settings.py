@@ -72,11 +72,11 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session.")
     preprocess_threads: int = Field(
-        2,
+        1,
         ge=1,
         le=64,
-        description="Threads per worker that decode/preprocess crops (a big sheet is split across "
-        "them; OpenCV decodes without the GIL, so an idle pod decodes one sheet on several cores).",
+        description="Threads per worker that decode/preprocess crops (a big sheet is split across them). More than 1 "
+        "gains little: base64 and the Python around each decode hold the GIL.",
     )
     trt_cache_dir: Path = Field(Path("/tmp/omr-trt-cache"), description="TensorRT engine + timing cache dir.")
 

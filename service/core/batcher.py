@@ -105,6 +105,7 @@ class Batcher:
         self._loop_task: asyncio.Task[None] | None = None
         #: EWMA of seconds per row of *throughput* while busy (feeds admission); see `_observe`
         self._sec_per_row: float | None = None
+        self._seed_sec_per_row: float | None = None  # the warm-up's full-batch cost per row
         self._recent: deque[tuple[int, float]] = deque(maxlen=32)  # (rows, seconds) of recent model calls
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ class Batcher:
             if probs.ndim != 2 or probs.shape[0] != size:
                 raise InferenceFailed(f"model returned shape {list(probs.shape)} for a batch of {size} rows")
         self._sec_per_row = timings[-1] / self.buckets[-1]  # a cautious seed: no overlap between calls assumed
+        self._seed_sec_per_row = self._sec_per_row
         return timings
 
     # --- what admission control reads (`service.core.admission`) -----------------------------------------
@@ -326,4 +328,12 @@ class Batcher:
         # pause, turning a small backlog into seconds of predicted wait and needless 429s. Decoding is priced
         # separately by admission control (`Admission.observe_decode`).
         self._recent.append((n, dt))
-        self._sec_per_row = sum(t for _, t in self._recent) / sum(r for r, _ in self._recent)
+        # Trusted in proportion to the rows the window saw: at light load it holds a few one-row calls whose
+        # wall time is mostly the scheduler's (a busy 2-core box made 1-row calls look like 60 ms a row, and
+        # the next sheet a 429 "estimated wait 8.2 s" at 6 users); blended with the warm-up's full-batch cost
+        # until the window has seen a full batch's worth of rows. Under load the window is all measurement.
+        rows = sum(r for r, _ in self._recent)
+        window = sum(t for _, t in self._recent) / rows
+        trust = min(1.0, rows / self.max_batch_size)
+        seed = self._seed_sec_per_row if self._seed_sec_per_row is not None else window
+        self._sec_per_row = trust * window + (1.0 - trust) * seed

@@ -253,3 +253,36 @@ def test_a_backlog_below_two_split_minimums_goes_in_one_call(pool, n: int, calls
 
     asyncio.run(go())
     assert sorted(len(s) for s in model.seen) == calls
+
+
+class Slow(Model):
+    """Model that takes `delay` seconds of wall time per call (a call descheduled on a busy machine)."""
+
+    delay = 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        threading.Event().wait(self.delay)
+        return super().__call__(batch)
+
+
+def test_row_cost_trusts_a_window_of_few_rows_only_in_part(pool) -> None:
+    """A slow one-row call at light load moves the admission cost estimate by 1/max_batch of its figure;
+    once the window has seen a full batch's worth of rows, the estimate is the measurement alone."""
+    model = Slow()
+    b = make(model, pool, max_batch_size=64, max_delay_s=0)
+    b.warm()  # instant model: the seed is microseconds a row
+    seed = b.sec_per_row
+    assert seed is not None and seed < 0.001
+    model.delay = 0.05
+
+    async def submit(n: int) -> None:
+        b.start()
+        try:
+            await b.submit(rows([1] * n))
+        finally:
+            await b.stop()
+
+    asyncio.run(submit(1))  # one row, 50 ms: the window alone would say 50 ms a row
+    assert seed < b.sec_per_row < seed + 0.05 / 64 + 0.001
+    asyncio.run(submit(64))  # 65 rows seen: trusted fully, (>= 0.1 s) / 65 rows
+    assert 0.1 / 65 <= b.sec_per_row < 0.2 / 65  # two 50 ms calls over 65 rows (and some scheduling)
