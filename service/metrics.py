@@ -80,6 +80,7 @@ class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.multiprocess = multiprocess_dir() is not None
         # multiprocess mode: values live in files; the metric objects register nowhere that is scraped
         r = CollectorRegistry(auto_describe=True) if self.multiprocess else self.registry
@@ -137,6 +138,16 @@ class Metrics:
                                    ["model", "version"], registry=r)  # fmt: skip
         # per worker; the pod's readiness is /readyz (and omr_workers_ready): the min over live workers
         self.ready = Gauge("omr_ready", "1 when the service reports ready.", registry=r, multiprocess_mode="livemin")
+
+    def request_children(self, endpoint: str, status: int) -> tuple[Any, Any]:
+        """The request counter and latency children of (endpoint, status), looked up once: `labels()` on every
+        request was a measurable cost. Bounded: endpoints are route templates, statuses a few dozen."""
+        hit = self._request_children.get((endpoint, status))
+        if hit is None:
+            label = str(status)
+            hit = (self.requests.labels(endpoint, label), self.request_seconds.labels(endpoint, label))
+            self._request_children[(endpoint, status)] = hit
+        return hit
 
     def add_pod(self, pod: PodView) -> None:
         """Export the pod's gauges (workers, ready workers, restarts) with this worker's metrics."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.core.modelconfig import ModelConfig
-from service.core.postprocess import Decision, decide
+from service.core.postprocess import Decision, decide, marked_mask_array
 from service.core.sheet import crop_stats, sheet_moves, size_groups
 
 __all__ = ["combine_views", "crop_stats", "decide_by_sheet", "decide_request"]
@@ -53,7 +53,7 @@ def decide_request(
     """
     moved = None
     if sheet_context and stats is not None and config.sheet.enabled and len(probs) > 1:
-        mask = np.asarray(config.marked_mask(profile), dtype=bool)
+        mask = marked_mask_array(config, profile)
         marked_p = probs[:, mask].sum(axis=1)
         groups = size_groups(sizes, len(probs), config.sheet.size_ratio)
         moved = sheet_moves(marked_p, np.asarray(stats)[:, 0], groups, config.sheet)

@@ -39,7 +39,7 @@ class Decision:
 _MASKS: dict[tuple[int, str], tuple[ModelConfig, np.ndarray]] = {}
 
 
-def _mask(config: ModelConfig, profile: str) -> np.ndarray:
+def marked_mask_array(config: ModelConfig, profile: str) -> np.ndarray:
     """`config.marked_mask(profile)` as a bool array, made once per (config, profile): decide runs per request."""
     key = (id(config), profile)
     hit = _MASKS.get(key)
@@ -71,7 +71,7 @@ def decide(
     `label_marked_conflict`; such a row never has confidence >= 0.5, so it is already in review for
     `low_confidence` unless the thresholds are set below 0.5.
     """
-    mask = _mask(config, profile)
+    mask = marked_mask_array(config, profile)
     marked_p = np.minimum(probs[:, mask].sum(axis=1), 1.0)
     marked = marked_p >= 0.5
     if sheet_moved is not None:
