@@ -11,22 +11,16 @@ still declares the route for the OpenAPI document, and serves it when an app is 
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-import orjson
 from starlette.types import Receive, Scope, Send
 
-from service.errors import ServiceError, Unavailable
+from service.errors import Unavailable
 from service.http.classify import Call, classify_call
-from service.http.deps import ClientDisconnected, check_token, check_warm, receive_body, watch_disconnect
+from service.http.deps import check_token, check_warm, receive_body, watch_disconnect
+from service.http.errors import error_answer, send_json
 from service.http.query import media_type, parse_query
 from service.state import AppState
 
-log = logging.getLogger(__name__)
-
 PATH = "/classify"
-_JSON = (b"content-type", b"application/json")
 
 
 class _Route:
@@ -36,15 +30,6 @@ class _Route:
 
 
 ROUTE = _Route()
-
-
-async def _answer(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-    data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    raw = [_JSON, (b"content-length", str(len(data)).encode())]
-    if headers:
-        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
 
 
 async def classify_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,17 +61,7 @@ async def classify_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
             watch=lambda work: watch_disconnect(receive, state, work),
         )
         body = await classify_call(state, call)
-    except ServiceError as exc:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc.message)
-        await _answer(send, exc.status, exc.body(), exc.headers())
+    except Exception as exc:  # the same answers as FastAPI's handlers give (service.http.errors)
+        await send_json(send, *error_answer(exc))
         return
-    except ClientDisconnected:
-        # nobody is listening; the status is for metrics (nginx's "client closed request")
-        await _answer(send, 499, {"error": "client disconnected", "code": "client_disconnected"})
-        return
-    except Exception as exc:
-        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        await _answer(send, 500, {"error": "internal server error", "code": "internal"})  # no stack trace leaves
-        return
-    await _answer(send, 200, body)
+    await send_json(send, 200, body)

@@ -9,10 +9,10 @@ request's answer is done, because the route holds the body (and what was parsed 
 
 from __future__ import annotations
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Unavailable
+from service.http.errors import send_json
 from service.http.ratelog import rejected
 
 
@@ -50,7 +50,9 @@ class BodyBudget:
         # a body over the per-request limit is refused (413) before it is read: nothing to reserve for it
         reserved = declared if declared is not None and declared <= self.max_body else 0
         if reserved and self.held + reserved > self.max_buffered:
-            await self._send_error(self._refusal(scope, reserved), send)
+            refusal = self._refusal(scope, reserved)
+            # the body is not read: Connection: close, and the front door lingers, then closes
+            await send_json(send, refusal.status, refusal.body(), {**refusal.headers(), "connection": "close"})
             return
         self.held += reserved
         received = 0
@@ -72,12 +74,3 @@ class BodyBudget:
             await self.app(scope, counted, send)
         finally:
             self.held -= reserved
-
-    @staticmethod
-    async def _send_error(exc: Unavailable, send: Send) -> None:
-        body = orjson.dumps(exc.body())
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]  # the body is not read: the front door lingers, then closes  # fmt: skip
-        headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
-        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
