@@ -93,19 +93,29 @@ def model_rates(
     return out
 
 
+def _groups(b64: Sequence[str], batch: int) -> list[list[str]]:
+    """The crops cut into `batch`-crop groups (wrapping around), as the pipeline measurements call them."""
+    return [[b64[(i * batch + k) % len(b64)] for k in range(batch)] for i in range(max(1, len(b64) // batch))]
+
+
+def _model_input(group: Sequence[str], config: ModelConfig, dtype: str) -> np.ndarray:
+    """One group's base64 PNGs -> the model input, by the service's own decode and preprocessing."""
+    crops = [decode_image(base64.b64decode(s, validate=True)) for s in group]
+    return normalize(prepare(crops, config.input), config.preprocess, dtype)
+
+
 def pipeline_rate(
     sess: ort.InferenceSession, config: ModelConfig, b64: Sequence[str], batch: int, min_cpu_s: float
 ) -> tuple[Rate, Rate]:
     """(decode + preprocess only, decode + preprocess + infer) on base64 PNG crops, `batch` per call."""
     name, dtype = config.input.name, input_dtype(sess)
-    groups = [[b64[(i * batch + k) % len(b64)] for k in range(batch)] for i in range(max(1, len(b64) // batch))]
+    groups = _groups(b64, batch)
     state = {"i": 0}
 
     def prep() -> np.ndarray:
         group = groups[state["i"] % len(groups)]
         state["i"] += 1
-        crops = [decode_image(base64.b64decode(s, validate=True)) for s in group]
-        return normalize(prepare(crops, config.input), config.preprocess, dtype)
+        return _model_input(group, config, dtype)
 
     def prep_only() -> int:
         prep()
@@ -132,7 +142,7 @@ def parallel_pipeline_rate(
     (shared caches, memory bandwidth, AVX-512 clocks; 1.67x for 2 threads of this pipeline here), so the
     multiplied figure is a ceiling nothing reaches."""
     name, dtype = config.input.name, input_dtype(sess)
-    groups = [[b64[(i * batch + k) % len(b64)] for k in range(batch)] for i in range(max(1, len(b64) // batch))]
+    groups = _groups(b64, batch)
     done = [0] * threads
     start, stop = threading.Barrier(threads + 1), threading.Event()
 
@@ -140,8 +150,7 @@ def parallel_pipeline_rate(
         start.wait()
         i = t
         while not stop.is_set():
-            crops = [decode_image(base64.b64decode(s, validate=True)) for s in groups[i % len(groups)]]
-            sess.run(None, {name: normalize(prepare(crops, config.input), config.preprocess, dtype)})
+            sess.run(None, {name: _model_input(groups[i % len(groups)], config, dtype)})
             done[t] += batch
             i += threads
 
