@@ -7,10 +7,11 @@ One run, one machine, in this order:
    single crops (64 clients), raw-tensor sheets and one 100-crop sheet at a time (idle latency), with
    batching on (default settings: one worker per CPU the container is given), one worker (OMR_WORKERS=1:
    what the extra workers bring) and batching off (OMR_MAX_BATCH_SIZE=1, OMR_MAX_DELAY_MS=0);
-3. the reference server (`loadtest.reference`: TorchServe, the bundled model behind its Java front end) under
-   the same sheets and single crops, unless `--no-reference` (or it is not installed: the reason is recorded);
-4. the service's fraction of the ceiling of the cores it is given, the ratios to the reference, and the
-   issues' targets, pass or miss.
+3. the peers (`loadtest.reference`: TorchServe, the bundled model behind its Java front end; and the naive
+   FastAPI baseline, `loadtest.naive_app`) under the same sheets and single crops, unless `--no-reference` (or
+   TorchServe is not installed: the reason is recorded);
+4. the service's fraction of the ceiling of the cores it is given, the ratios to the peers (sheets: the best
+   peer; single crops: TorchServe), and the issues' targets, pass or miss.
 Writes `bench.json` and `bench.md` to the output folder and prints the markdown.
 """
 
@@ -119,23 +120,25 @@ def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def run_reference(pool: CropPool, version_dir: Path, args: argparse.Namespace) -> dict[str, object]:
-    """TorchServe under the sheet and single-crop shapes (same bodies, same wrk), or why it could not run."""
+def run_reference(pool: CropPool, version_dir: Path, args: argparse.Namespace, peer: str) -> dict[str, object]:
+    """One peer (`torchserve` or `naive`, `loadtest.reference`) under the sheet and single-crop shapes (same
+    bodies, same wrk), or why it could not run."""
     sheet = scenarios.sheets_json(pool, args.sheet_crops, args.sheet_clients)
     single = scenarios.single_json(pool, args.single_clients)
+    start = reference.running if peer == "torchserve" else reference.running_naive
     try:
-        with reference.running(version_dir, single.bodies[0].data, Path(args.out) / "reference.log") as ref:
+        with start(version_dir, single.bodies[0].data, Path(args.out) / f"{peer}.log") as ref:
             rows = []
             for sc in (sheet, single):
                 row = {"scenario": sc.name, "description": sc.description,
                        **reference.measure(ref, list(sc.bodies), sc.connections, sc.crops_per_request,
                                            args.duration, args.warmup)}  # fmt: skip
                 rows.append(row)
-                print(f"[reference] {sc.name}: {row['crops_per_s']:,.0f} crops/s, p50 {row['p50_ms']:.1f} ms, "
+                print(f"[{peer}] {sc.name}: {row['crops_per_s']:,.0f} crops/s, p50 {row['p50_ms']:.1f} ms, "
                       f"p99 {row['p99_ms']:.1f} ms, failed {row['failed']}", flush=True)  # fmt: skip
             return {"server": ref.name, "scenarios": rows}
     except (reference.ReferenceUnavailable, OSError, RuntimeError) as exc:
-        print(f"[reference] unavailable: {exc}", file=sys.stderr, flush=True)
+        print(f"[{peer}] unavailable: {exc}", file=sys.stderr, flush=True)
         return {"skipped": f"{type(exc).__name__}: {exc}"}
 
 
@@ -157,7 +160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crop-source", choices=["synth", "real"], default="synth")
     p.add_argument("--pool", type=int, default=1024, help="distinct crops to draw requests from")
     p.add_argument("--skip-service", action="store_true", help="in-process ceiling only")
-    p.add_argument("--no-reference", action="store_true", help="do not start TorchServe for the comparison")
+    p.add_argument("--no-reference", action="store_true",
+                   help="do not start the peers (TorchServe, the naive FastAPI baseline)")  # fmt: skip
     p.add_argument(
         "--priority",
         type=int,
@@ -195,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             wrkrun.wrk_path()
             result["service"] = run_service(pool, args)
-            result["reference"] = (
-                {"skipped": "--no-reference"} if args.no_reference else run_reference(pool, version_dir, args)
-            )
+            for key, peer in (("reference", "torchserve"), ("baseline", "naive")):
+                result[key] = (
+                    {"skipped": "--no-reference"} if args.no_reference else run_reference(pool, version_dir, args, peer)
+                )
         except wrkrun.WrkMissingError as exc:
             print(f"[bench] {exc}", file=sys.stderr)
             result["service"] = {"skipped": str(exc)}

@@ -1,5 +1,6 @@
-"""The reference server the benchmark compares single crops (and sheets) with: TorchServe 0.12 (its Java front
-end, 1 Python worker, batch 256 / 5 ms, the bundled ONNX model with 1 intra-op thread), as in issue 13's table.
+"""The peer servers the benchmark compares with, as in issue 13's table: TorchServe 0.12 (its Java front end,
+1 Python worker, batch 256 / 5 ms, the bundled ONNX model with 1 intra-op thread) and the naive FastAPI baseline
+(`loadtest.naive_app`: one process, threadpool, one ONNX Runtime call per request).
 
 `reference.running(version_dir)` archives the model with `torch-model-archiver`, starts `torchserve
 --foreground` on free 127.0.0.1 ports and waits until a real request is answered; its CPU time covers the Java
@@ -41,10 +42,11 @@ class Reference:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    path: str = f"/predictions/{MODEL}"
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/predictions/{MODEL}"
+        return f"http://{HOST}:{self.port}{self.path}"
 
     def cpu_seconds(self) -> float:
         total = 0
@@ -117,28 +119,56 @@ def running(version_dir: Path, probe_body: bytes, log_path: Path, batch_size: in
                 cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         ref = Reference("TorchServe 0.12.0 (Java front end, 1 Python worker)", proc, port, log_path)
-        try:
-            deadline = time.monotonic() + ready_timeout_s
-            while True:  # another process's start-up: nothing to wait on but its port
-                if proc.poll() is not None:
-                    raise ReferenceUnavailable(f"torchserve exited with {proc.returncode}: see {log_path}")
-                with contextlib.suppress(OSError):
-                    if _post(ref.url, probe_body) == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise ReferenceUnavailable(f"torchserve not answering in {ready_timeout_s:.0f}s: see {log_path}")
-                time.sleep(0.5)
+        with _serving(ref, probe_body, ready_timeout_s):
             yield ref
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_naive(version_dir: Path, probe_body: bytes, log_path: Path,
+                  ready_timeout_s: float = 120.0) -> Iterator[Reference]:  # fmt: skip
+    """The naive FastAPI baseline (`loadtest.naive_app`) under uvicorn on a free 127.0.0.1 port."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMR_REFERENCE_VERSION_DIR": str(version_dir)}  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "loadtest.naive_app:app", "--host", HOST, "--port", str(port),
+             "--no-access-log", "--log-level", "warning"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    ref = Reference("naive FastAPI (1 process, threadpool, one ORT call per request)", proc, port, log_path,
+                    path="/classify")  # fmt: skip
+    with _serving(ref, probe_body, ready_timeout_s):
+        yield ref
+
+
+@contextlib.contextmanager
+def _serving(ref: Reference, probe_body: bytes, ready_timeout_s: float) -> Iterator[None]:
+    """Wait until `ref` answers a real request (its start-up is another process's: nothing to wait on but its
+    port), and stop its whole process group afterwards."""
+    proc = ref.process
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ReferenceUnavailable(f"{ref.name} exited with {proc.returncode}: see {ref.log_path}")
+            with contextlib.suppress(OSError):
+                if _post(ref.url, probe_body) == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise ReferenceUnavailable(f"{ref.name} not answering in {ready_timeout_s:.0f}s: see {ref.log_path}")
+            time.sleep(0.5)
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def measure(ref: Reference, bodies: list[wrkrun.Body], connections: int, crops_per_request: int,

@@ -60,6 +60,9 @@ def test_bench_measures_every_shape(tmp_path: Path) -> None:
     }  # fmt: skip
     assert all(r["failed"] == 0 and r["crops_per_s"] > 0 for r in rows.values())
     assert result["service"]["batching_on"]["http_floor"]["rps"] > 0  # plain GETs through the same Lua script
+    # the naive FastAPI baseline needs nothing beyond the service's own packages: it always runs
+    base = {r["scenario"]: r for r in result["baseline"]["scenarios"]}
+    assert set(base) == {"sheets", "single"} and all(r["failed"] == 0 and r["crops_per_s"] > 0 for r in base.values())
     names = {t["name"] for t in result["summary"]["targets"]}
     assert len(names) == len(result["summary"]["targets"]) >= 4  # one row per target, each named once
     assert "**Targets**" in (out / "bench.md").read_text()

@@ -61,13 +61,35 @@ def test_summarise_compares_with_the_reference_and_one_worker() -> None:
                                                                   "load_avg_1m": 1.0}]}  # fmt: skip
     s = report.summarise(result)
     verdicts = {t["name"]: t["met"] for t in s["targets"]}
-    assert s["sheets_vs_reference"] == 1.2 and verdicts["sheets / TorchServe"] is False
+    assert s["sheets_vs_reference"] == 1.2 and verdicts["sheets / best peer (TorchServe)"] is False
     assert s["single_vs_reference"] == 1.5 and verdicts["single crops / TorchServe"] is True
     assert s["sheets_workers_speedup"] == 1.5 and s["single_workers_speedup"] == 2.0
     assert s["single_vs_reference_per_cpu"] == 1.5  # _row: crops per CPU-second = crops/s
     result["summary"] = s
     md = report.markdown(result)
     assert "**Reference**: TorchServe" in md and "2 workers / 1 worker 2.00x" in md
+
+
+def test_sheets_are_judged_against_the_best_peer_and_single_crops_against_torchserve() -> None:
+    result = _result()
+    peer = {"rss_mb": 300.0, "load_avg_1m": 1.0}
+    result["reference"] = {"server": "TorchServe", "scenarios": [{**_row("sheets", 3_000), **peer},
+                                                                 {**_row("single", 600), **peer}]}  # fmt: skip
+    result["baseline"] = {"server": "naive FastAPI", "scenarios": [{**_row("sheets", 5_000), **peer},
+                                                                   {**_row("single", 900), **peer}]}  # fmt: skip
+    s = report.summarise(result)
+    verdicts = {t["name"]: t["met"] for t in s["targets"]}
+    # sheets 6,000: 2x TorchServe, but only 1.2x the naive baseline, the best peer on sheets: not met
+    assert s["sheets_vs_reference"] == 2.0 and s["sheets_best_peer"] == "naive FastAPI"
+    assert s["sheets_vs_best_peer"] == 1.2 and verdicts["sheets / best peer (naive FastAPI)"] is False
+    # single crops stay judged against TorchServe (the goal), the baseline is reported beside it
+    assert s["single_vs_reference"] == 1.5 and verdicts["single crops / TorchServe"] is True
+    assert s["single_vs_baseline"] == 1.0
+    result["summary"] = s
+    md = report.markdown(result)
+    assert "**Baseline**: naive FastAPI" in md and "**Reference**: TorchServe" in md
+    result["baseline"] = {"skipped": "--no-reference"}
+    assert "**Baseline**: not run (--no-reference)" in report.markdown({**result, "summary": report.summarise(result)})
 
 
 def test_summarise_leaves_out_scenarios_of_failed_requests() -> None:

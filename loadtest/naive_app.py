@@ -1,0 +1,49 @@
+"""The naive baseline of issue 13's table: what one writes first. One FastAPI process, a plain `def` endpoint
+(so FastAPI runs it in its threadpool), one ONNX Runtime call per request, no batching across requests.
+
+It reads the service's JSON body ({"crops": [{"id", "image"}]}) and runs the SAME decode / resize / normalise /
+calibration code as the service and the TorchServe handler (`loadtest/torchserve/omr_handler.py`), so the
+comparison is of serving stacks. Started by `loadtest.reference.running_naive` as
+`uvicorn loadtest.naive_app:app` with `OMR_REFERENCE_VERSION_DIR` naming the model version folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import Body, FastAPI
+
+from service.core.modelconfig import load_config
+from service.core.postprocess import calibrated_probabilities
+from service.core.preprocess import decode_image, normalize, resize
+
+_VERSION_DIR = Path(os.environ["OMR_REFERENCE_VERSION_DIR"])
+_CONFIG = load_config(_VERSION_DIR)
+_options = ort.SessionOptions()
+_options.intra_op_num_threads = 1  # as the service and the TorchServe handler
+_options.inter_op_num_threads = 1
+_SESSION = ort.InferenceSession(str(_VERSION_DIR / "model.onnx"), _options, providers=["CPUExecutionProvider"])
+
+app = FastAPI()
+
+
+@app.post("/classify")
+def classify(payload: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
+    inp = _CONFIG.input
+    crops = payload["crops"]
+    rows = [resize(decode_image(base64.b64decode(c["image"])), inp.height, inp.width) for c in crops]
+    x = normalize(np.stack(rows), _CONFIG.preprocess, inp.dtype)
+    (logits,) = _SESSION.run([_CONFIG.output_name], {inp.name: x})
+    probs = calibrated_probabilities(np.asarray(logits, np.float32), _CONFIG.temperature)
+    labels = _CONFIG.classes
+    return {
+        "results": [
+            {"id": c.get("id"), "label": labels[int(np.argmax(p))], "probabilities": p.tolist()}
+            for c, p in zip(crops, probs, strict=True)
+        ]
+    }
