@@ -8,6 +8,7 @@ those calls, so the test decides when warm-up ends. The server is started withou
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import threading
 from collections.abc import Iterator
@@ -104,6 +105,21 @@ def test_classify_answers_503_with_retry_after_while_warming_up(until) -> None:
         until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready after warm-up")
         ok = httpx.post(f"{url}/classify", timeout=10, **raw())
         assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+
+
+def test_warm_up_freezes_the_start_up_heap_out_of_the_collector(until) -> None:
+    """After warm-up the objects that live as long as the process are frozen (gc.freeze): collections under
+    load no longer walk them. The server runs in this process, so its freeze count is this process's."""
+    gc.unfreeze()  # other tests' apps froze this process already
+    gate = WarmupGate()
+    with serve_live(create_app(Settings(max_batch_size=8, log_level="critical"), session_factory=gate), until) as url:
+        assert gate.entered.wait(60), "warm-up never reached the model"
+        try:
+            assert gc.get_freeze_count() == 0  # not while warming up
+        finally:
+            gate.release.set()
+        until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready after warm-up")
+        assert gc.get_freeze_count() > 10_000  # the app, FastAPI, pydantic, the sessions' wrappers, ...
 
 
 def test_failed_warm_up_keeps_serving_but_never_reports_ready(until) -> None:
