@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.classifier import Classification
+from service.core.result import Classification
 from service.errors import BadRequest
 from service.grpc import grpc_predict_v2_pb2 as pb
 from service.http import v2_request

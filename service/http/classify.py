@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi import Query as QueryParam
 from pydantic import ValidationError
 
-from service.core.classifier import Classification
 from service.core.preprocess import CropError, check_side
 from service.core.questions import QuestionResult, decide_questions, plan_questions
+from service.core.result import Classification
 from service.errors import BadRequest, InvalidCrops, UnsupportedMediaType, clip
 from service.http.deps import State, read_body, require_auth, require_warm, until_disconnect
 from service.http.errors import json_response

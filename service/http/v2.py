@@ -23,8 +23,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
 from service import __version__
-from service.core.classifier import Classification
 from service.core.registry import ServedModel
+from service.core.result import Classification
 from service.http import v2_request
 from service.http.deps import State, read_body, require_auth, require_auth_health, require_warm, until_disconnect
 from service.http.errors import json_response
