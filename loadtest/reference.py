@@ -75,7 +75,8 @@ def _tools() -> tuple[str, str]:
         raise ReferenceUnavailable("torchserve is not installed: pip install torchserve torch-model-archiver")
     if shutil.which("java") is None:
         raise ReferenceUnavailable("java is not installed: apt-get install -y openjdk-17-jre-headless")
-    return ts, mar
+    # absolute: torchserve runs in its own work folder, where a PATH entry like ".venv/bin" means nothing
+    return str(Path(ts).resolve()), str(Path(mar).resolve())
 
 
 def _post(url: str, body: bytes, timeout: float = 10.0) -> int:

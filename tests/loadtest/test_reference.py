@@ -44,3 +44,19 @@ def test_naive_baseline_answers_every_crop_in_order_with_the_models_probabilitie
     expected = calibrated_probabilities(np.asarray(logits, np.float32), config.temperature)
     np.testing.assert_allclose([r["probabilities"] for r in results], expected, atol=1e-5)
     assert [r["label"] for r in results] == [config.classes[int(i)] for i in expected.argmax(axis=1)]
+
+
+def test_torchserve_tools_are_found_as_absolute_paths_through_a_relative_path_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchserve starts in its own work folder: a tool found through PATH=.venv/bin must not stay relative
+    (a bench run once reported TorchServe "unavailable: No such file or directory: '.venv/bin/torchserve'")."""
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    for tool in ("torchserve", "torch-model-archiver", "java"):
+        (bindir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bindir / tool).chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "venv/bin")
+    ts, mar = reference._tools()
+    assert ts == str(bindir / "torchserve") and mar == str(bindir / "torch-model-archiver")
