@@ -198,31 +198,13 @@ async def classify_call(state: AppState, call: Call) -> dict[str, Any]:
 async def classify(
     request: Request,
     state: State,
-    n: Annotated[int | None, QueryParam(ge=0, description="raw tensor: number of crops")] = None,
-    h: Annotated[int | None, QueryParam(ge=0, description="raw tensor: crop height")] = None,
-    w: Annotated[int | None, QueryParam(ge=0, description="raw tensor: crop width")] = None,
-    tta: Annotated[bool | None, QueryParam(description="raw tensor: TTA on/off")] = None,
-    profile: Annotated[str | None, QueryParam(description="raw tensor: profile")] = None,
-    model: Annotated[str | None, QueryParam(description="raw tensor: model name")] = None,
-    version: Annotated[str | None, QueryParam(description="raw tensor: model version")] = None,
-    sheet: Annotated[str | None, QueryParam(max_length=256, description="raw tensor: sheet name")] = None,
-    sheet_context: Annotated[bool | None, QueryParam(description="raw tensor: sheet context on/off")] = None,
+    query: Annotated[Query, QueryParam()],
 ) -> Response:
     """Classify a batch of bubble crops; results come back in request order."""
     call = Call(
         content_type=media_type(request.headers.get("content-type", "")),
         crop_shape=request.headers.get("x-crop-shape"),
-        query=Query(
-            n=n,
-            h=h,
-            w=w,
-            tta=tta,
-            profile=profile,
-            model=model,
-            version=version,
-            sheet=sheet,
-            sheet_context=sheet_context,
-        ),
+        query=query,
         read_body=lambda deadline: read_body(request, state, deadline),
         watch=lambda work: until_disconnect(request, state, work),
     )

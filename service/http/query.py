@@ -1,7 +1,8 @@
 """`POST /classify`'s query parameters (raw tensors: shape, TTA, profile, model, sheet) and its media type.
 
 One definition, validated by pydantic with the constraints the OpenAPI document declares, for both ways a
-request reaches the route: FastAPI's parameter declarations (`service.http.classify`) and the ASGI fast path
+request reaches the route: FastAPI's route (`service.http.classify`, which declares this model as its query
+parameters, so the OpenAPI document is made from it) and the ASGI fast path
 (`service.http.fastpath`), which parses the raw query string itself. Both refuse a bad value with 400 and the
 same `query.<name>: <problem>` message.
 """
@@ -18,15 +19,15 @@ from service.errors import BadRequest
 class Query(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")  # FastAPI ignores unknown parameters too
 
-    n: int | None = Field(None, ge=0)
-    h: int | None = Field(None, ge=0)
-    w: int | None = Field(None, ge=0)
-    tta: bool | None = None
-    profile: str | None = None
-    model: str | None = None
-    version: str | None = None
-    sheet: str | None = Field(None, max_length=256)
-    sheet_context: bool | None = None
+    n: int | None = Field(None, ge=0, description="raw tensor: number of crops")
+    h: int | None = Field(None, ge=0, description="raw tensor: crop height")
+    w: int | None = Field(None, ge=0, description="raw tensor: crop width")
+    tta: bool | None = Field(None, description="raw tensor: TTA on/off")
+    profile: str | None = Field(None, description="raw tensor: profile")
+    model: str | None = Field(None, description="raw tensor: model name")
+    version: str | None = Field(None, description="raw tensor: model version")
+    sheet: str | None = Field(None, max_length=256, description="raw tensor: sheet name")
+    sheet_context: bool | None = Field(None, description="raw tensor: sheet context on/off")
 
 
 EMPTY = Query()
