@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.core.rowcost import RowCost
 from service.errors import InferenceFailed
 from service.metrics import Metrics
 
@@ -103,10 +104,7 @@ class Batcher:
         self._split_min_rows = split_min_rows
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        #: EWMA of seconds per row of *throughput* while busy (feeds admission); see `_observe`
-        self._sec_per_row: float | None = None
-        self._seed_sec_per_row: float | None = None  # the warm-up's full-batch cost per row
-        self._recent: deque[tuple[int, float]] = deque(maxlen=32)  # (rows, seconds) of recent model calls
+        self._row_cost = RowCost(max_batch_size)  # seconds per row of throughput (feeds admission)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,8 +143,7 @@ class Batcher:
             timings.append(time.monotonic() - t0)
             if probs.ndim != 2 or probs.shape[0] != size:
                 raise InferenceFailed(f"model returned shape {list(probs.shape)} for a batch of {size} rows")
-        self._sec_per_row = timings[-1] / self.buckets[-1]  # a cautious seed: no overlap between calls assumed
-        self._seed_sec_per_row = self._sec_per_row
+        self._row_cost.seed(timings[-1] / self.buckets[-1])
         return timings
 
     # --- what admission control reads (`service.core.admission`) -----------------------------------------
@@ -165,8 +162,8 @@ class Batcher:
 
     @property
     def sec_per_row(self) -> float | None:
-        """Observed seconds per row of throughput (EWMA); None before any batch ran."""
-        return self._sec_per_row
+        """Observed seconds per row of throughput (`service.core.rowcost`); None before any batch ran."""
+        return self._row_cost.sec_per_row
 
     # --- the request side --------------------------------------------------------------------------------
     def submit(self, rows: np.ndarray) -> asyncio.Future[np.ndarray]:
@@ -322,18 +319,4 @@ class Batcher:
         self._inference_seconds.observe(dt)
         self._batch_size.observe(n)
         self._fill_ratio.observe(n / size)
-        # Model cost per row over a sliding window of recent calls: total call time / total rows, so large
-        # batches (how a backlog is actually served) dominate. The earlier end-to-end estimate (gap between
-        # completions / rows of one batch) priced a 1-row batch that followed a decoding pause at the whole
-        # pause, turning a small backlog into seconds of predicted wait and needless 429s. Decoding is priced
-        # separately by admission control (`Admission.observe_decode`).
-        self._recent.append((n, dt))
-        # Trusted in proportion to the rows the window saw: at light load it holds a few one-row calls whose
-        # wall time is mostly the scheduler's (a busy 2-core box made 1-row calls look like 60 ms a row, and
-        # the next sheet a 429 "estimated wait 8.2 s" at 6 users); blended with the warm-up's full-batch cost
-        # until the window has seen a full batch's worth of rows. Under load the window is all measurement.
-        rows = sum(r for r, _ in self._recent)
-        window = sum(t for _, t in self._recent) / rows
-        trust = min(1.0, rows / self.max_batch_size)
-        seed = self._seed_sec_per_row if self._seed_sec_per_row is not None else window
-        self._sec_per_row = trust * window + (1.0 - trust) * seed
+        self._row_cost.observe(n, dt)
