@@ -8,7 +8,9 @@ forces an immediate exit.
 `OMR_WORKERS` (default: the container's CPUs) >= 2 runs a supervisor and that many worker processes on one
 listening socket (`service.serve.supervisor`); each worker runs `serve()` below on the inherited socket.
 After SIGTERM every response carries `Connection: close`, so keep-alive clients reconnect (and find the
-listener gone once the delay is over) instead of sending on a connection that is about to close.
+listener gone once the delay is over) instead of sending on a connection that is about to close. In a pod, a
+worker holding more than its share of the keep-alive connections closes the surplus the same way
+(`service.serve.balance`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
 from service.serve import supervisor
+from service.serve.balance import ConnectionBalance
 from service.serve.cpus import resolve_workers
 from service.settings import Settings
 
@@ -41,11 +44,13 @@ log = logging.getLogger("service")
 class CloseWhileDraining:
     """ASGI wrapper: once the app drains, every response says `Connection: close` (uvicorn then closes the
     connection after it), so no client sends its next request on a keep-alive connection the listener's
-    shutdown is about to close under it (a `RemoteProtocolError` for a client that ignores readiness)."""
+    shutdown is about to close under it (a `RemoteProtocolError` for a client that ignores readiness).
+    In a pod, also the responses `balance` picks: this worker holds more than its share of connections."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.state = app.state  # DrainingServer and the test helpers reach the AppState through config.app
+        self.balance: ConnectionBalance | None = None  # set by `serve` for a worker of a pod
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,12 +60,18 @@ class CloseWhileDraining:
         async def send_closing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 omr = getattr(self.state, "omr", None)
-                if omr is not None and omr.shutting_down:
+                if omr is not None and (omr.shutting_down or self._rebalance(omr)):
                     headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
                     message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+    def _rebalance(self, omr: Any) -> bool:
+        if self.balance is None or not self.balance.close_next():
+            return False
+        omr.metrics.connections_rebalanced.inc()
+        return True
 
 
 class DrainingServer(uvicorn.Server):
@@ -70,6 +81,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._settings = settings
         self._drain_started: float | None = None
+        self.balance: ConnectionBalance | None = None  # a pod's worker: updated every tick (0.1 s)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_started is None:
@@ -96,6 +108,8 @@ class DrainingServer(uvicorn.Server):
         draining = self._drain_started is not None and not self.should_exit
         if draining and time.monotonic() - self._drain_started >= self._settings.shutdown_delay_s:
             self.should_exit = True
+        if self.balance is not None:
+            self.balance.update()
         return await super().on_tick(counter)
 
 
@@ -157,7 +171,10 @@ def serve(
     from service.core.runtime import create_session
 
     app = create_app(settings, session_factory or create_session, pod=pod)
-    server = DrainingServer(uvicorn_config(app, settings), settings)
+    config = uvicorn_config(app, settings)
+    server = DrainingServer(config, settings)
+    if pod is not None and settings.balance_connections:
+        server.balance = config.app.balance = ConnectionBalance(pod, lambda: len(server.server_state.connections))
     server.run(sockets=sockets)
     return server.started
 

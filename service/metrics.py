@@ -121,6 +121,11 @@ class Metrics:
             "omr_grpc_request_duration_seconds", "End-to-end gRPC call time.", ["method", "code"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.connections_rebalanced = Counter(
+            "omr_connections_rebalanced_total",
+            "Keep-alive connections a worker closed because it held more than its share (service.serve.balance).",
+            registry=r,
+        )
         self.crops = Counter("omr_crops_total", "Classified crops by label.", ["model", "label"], registry=r)
         self.rejections = Counter("omr_rejections_total", "Requests refused, by reason.", ["reason"], registry=r)
         self.batch_failures = Counter("omr_batch_failures_total", "Model calls that failed.", ["model"], registry=r)

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         "process, no supervisor). 0 = the CPUs the container is given: the cgroup quota (v2 cpu.max, v1 "
         "cpu.cfs_quota_us), else the affinity mask; never the host's CPU count (docs/performance.md).",
     )
+    balance_connections: bool = Field(
+        True,
+        description="With several workers, a worker holding more than its share of the pod's keep-alive "
+        "connections closes the surplus (`Connection: close` on a response; the client reconnects to "
+        "whichever worker accepts first), so a few long-lived client connections cannot pin one core "
+        "(service/serve/balance.py).",
+    )
 
     # --- model repository ---
     model_repository: Path = Field(BUNDLED_REPOSITORY, description="Triton-style <name>/<version>/ folder.")

@@ -3,11 +3,12 @@
 Layout (int64 words): a header, then one record per worker.
 
     header:  [draining, restarts, workers]
-    worker:  [phase, pid, pending rows of model 0 .. MAX_MODELS-1]
+    worker:  [phase, pid, open connections, pending rows of model 0 .. MAX_MODELS-1]
 
 Each word has ONE writer, so no lock is needed: the supervisor writes the header, a worker's phase when it
-dies and the pid; a worker writes its own phase and its own pending rows. Readers may see a value a moment
-old, which admission and readiness tolerate (an aligned 8-byte store is never torn on the platforms we run).
+dies and the pid; a worker writes its own phase, its open connections and its own pending rows. Readers may
+see a value a moment old, which admission, readiness and the connection balance tolerate (an aligned 8-byte
+store is never torn on the platforms we run).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 MAX_MODELS = 16
 _HEADER = 3
 _DRAINING, _RESTARTS, _WORKERS = range(_HEADER)
-_RECORD = 2 + MAX_MODELS
-_PHASE, _PID = 0, 1
+_PHASE, _PID, _CONNS, _PENDING = 0, 1, 2, 3
+_RECORD = _PENDING + MAX_MODELS
 
 
 class Phase(IntEnum):
@@ -101,8 +102,8 @@ class PodState:
         base = self._base(index)
         if pid is not None:
             self._w[base + _PID] = pid
-        if phase is Phase.DEAD or phase is Phase.STARTING:  # a dead worker's backlog is gone with it
-            self._w[base + 2 : base + _RECORD] = 0
+        if phase is Phase.DEAD or phase is Phase.STARTING:  # a dead worker's connections and backlog are gone
+            self._w[base + _CONNS : base + _RECORD] = 0
         self._w[base + _PHASE] = int(phase)
 
     def phases(self) -> list[Phase]:
@@ -115,13 +116,21 @@ class PodState:
         self._base(index)
         return WorkerSlot(self, index, ready)
 
+    # --- open connections (`service.serve.balance`) ---------------------------------------------------------
+    def set_connections(self, index: int, count: int) -> None:
+        self._w[self._base(index) + _CONNS] = count
+
+    def connections(self) -> list[int]:
+        """Open HTTP connections of every worker (its last published figure)."""
+        return [int(x) for x in self._w[_HEADER + _CONNS : _HEADER + self.workers * _RECORD : _RECORD]]
+
     # --- pending rows (admission) ---------------------------------------------------------------------------
     def set_pending(self, index: int, model: int, rows: int) -> None:
-        self._w[self._base(index) + 2 + model] = rows
+        self._w[self._base(index) + _PENDING + model] = rows
 
     def pending_column(self, model: int) -> np.ndarray:
         """A view of `model`'s pending rows, one element per worker."""
-        return self._w[_HEADER + 2 + model : _HEADER + self.workers * _RECORD : _RECORD]
+        return self._w[_HEADER + _PENDING + model : _HEADER + self.workers * _RECORD : _RECORD]
 
     def pending(self, model: int) -> list[int]:
         """Pending rows of `model` in every worker (its record's last published value)."""

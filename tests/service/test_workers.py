@@ -20,6 +20,7 @@ from service.core.admission import Admission
 from service.core.batcher import Batcher
 from service.errors import Overloaded
 from service.metrics import Metrics
+from service.serve.balance import ConnectionBalance
 from service.serve.cpus import container_cpus, resolve_workers
 from service.serve.pod import Phase, PodState
 
@@ -168,3 +169,32 @@ def test_signal_handler_takes_no_lock_the_interrupted_code_may_hold() -> None:
 
     asyncio.run(scenario())
     assert outcome == ["drained"]
+
+
+def test_connection_balance_closes_only_what_is_above_the_share_of_ready_workers(tmp_path: Path) -> None:
+    pod = PodState.create(tmp_path / "pod.bin", 3)
+    open_now = {"n": 7}
+    for i in range(3):
+        pod.slot(i).set_phase(Phase.READY)
+    me = ConnectionBalance(pod.slot(0), lambda: open_now["n"])
+    pod.set_connections(1, 1)
+    pod.set_connections(2, 1)
+    me.update()  # 9 connections over 3 ready workers: a share of 3, this worker holds 7
+    assert pod.connections() == [7, 1, 1] and me.excess == 4
+    assert [me.close_next() for _ in range(5)] == [True, True, True, True, False]
+    pod.slot(2).set_phase(Phase.STARTING)  # a worker warming up takes no share (its count is reset too)
+    open_now["n"] = 3
+    me.update()  # 3 + 1 over 2 ready workers: a share of 2
+    assert pod.connections() == [3, 1, 0] and me.excess == 1
+    pod.slot(1).set_phase(Phase.STARTING)
+    me.update()  # alone among the ready: keep everything
+    assert me.excess == 0
+    pod.slot(1).set_phase(Phase.READY)
+    pod.set_connections(1, 0)
+    open_now["n"] = 1
+    me.update()  # one connection: ceil(1 / 2) = 1, never closed
+    assert me.excess == 0
+    open_now["n"] = 5
+    pod.start_draining()
+    me.update()  # draining closes every connection anyway
+    assert me.excess == 0
