@@ -174,18 +174,32 @@ def test_signal_handler_takes_no_lock_the_interrupted_code_may_hold() -> None:
 def test_connection_balance_closes_only_what_is_above_the_share_of_ready_workers(tmp_path: Path) -> None:
     pod = PodState.create(tmp_path / "pod.bin", 3)
     open_now = {"n": 7}
+    now = [0.0]
     for i in range(3):
         pod.slot(i).set_phase(Phase.READY)
-    me = ConnectionBalance(pod.slot(0), lambda: open_now["n"])
+    me = ConnectionBalance(pod.slot(0), lambda: open_now["n"], settle_s=1.0, clock=lambda: now[0])
     pod.set_connections(1, 1)
     pod.set_connections(2, 1)
-    me.update()  # 9 connections over 3 ready workers: a share of 3, this worker holds 7
-    assert pod.connections() == [7, 1, 1] and me.excess == 4
+    me.update()  # 9 connections over 3 ready workers: a share of 3, this worker holds 7 ...
+    assert pod.connections() == [7, 1, 1] and me.excess == 0  # ... but not for long yet: nothing closes
+    now[0] = 0.5
+    me.update()
+    assert me.excess == 0
+    now[0] = 1.0
+    me.update()  # above its share for 1 s: close the 4 above it
+    assert me.excess == 4
     assert [me.close_next() for _ in range(5)] == [True, True, True, True, False]
     pod.slot(2).set_phase(Phase.STARTING)  # a worker warming up takes no share (its count is reset too)
     open_now["n"] = 3
-    me.update()  # 3 + 1 over 2 ready workers: a share of 2
+    me.update()  # 3 + 1 over 2 ready workers: a share of 2, and still above a share since t=0
     assert pod.connections() == [3, 1, 0] and me.excess == 1
+    open_now["n"] = 2
+    me.update()  # back to its share: the clock restarts
+    assert me.excess == 0
+    open_now["n"] = 3
+    now[0] = 1.5
+    me.update()
+    assert me.excess == 0  # above again, but only just
     pod.slot(1).set_phase(Phase.STARTING)
     me.update()  # alone among the ready: keep everything
     assert me.excess == 0
