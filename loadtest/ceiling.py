@@ -98,8 +98,9 @@ def _groups(b64: Sequence[str], batch: int) -> list[list[str]]:
     return [[b64[(i * batch + k) % len(b64)] for k in range(batch)] for i in range(max(1, len(b64) // batch))]
 
 
-def _model_input(group: Sequence[str], config: ModelConfig, dtype: str) -> np.ndarray:
-    """One group's base64 PNGs -> the model input, by the service's own decode and preprocessing."""
+def model_input(group: Sequence[str], config: ModelConfig, dtype: str) -> np.ndarray:
+    """Base64 crops -> the model input, by the service's own decode and preprocessing (also what the peer
+    servers of the benchmark run: `loadtest/naive_app.py`, `loadtest/torchserve/omr_handler.py`)."""
     crops = [decode_image(base64.b64decode(s, validate=True)) for s in group]
     return normalize(prepare(crops, config.input), config.preprocess, dtype)
 
@@ -115,7 +116,7 @@ def pipeline_rate(
     def prep() -> np.ndarray:
         group = groups[state["i"] % len(groups)]
         state["i"] += 1
-        return _model_input(group, config, dtype)
+        return model_input(group, config, dtype)
 
     def prep_only() -> int:
         prep()
@@ -150,7 +151,7 @@ def parallel_pipeline_rate(
         start.wait()
         i = t
         while not stop.is_set():
-            sess.run(None, {name: _model_input(groups[i % len(groups)], config, dtype)})
+            sess.run(None, {name: model_input(groups[i % len(groups)], config, dtype)})
             done[t] += batch
             i += threads
 

@@ -9,36 +9,29 @@ comparison is of serving stacks. Started by `loadtest.reference.running_naive` a
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from fastapi import Body, FastAPI
 
+from loadtest.ceiling import input_dtype, model_input, session
 from service.core.modelconfig import load_config
 from service.core.postprocess import calibrated_probabilities
-from service.core.preprocess import decode_image, normalize, resize
 
 _VERSION_DIR = Path(os.environ["OMR_REFERENCE_VERSION_DIR"])
 _CONFIG = load_config(_VERSION_DIR)
-_options = ort.SessionOptions()
-_options.intra_op_num_threads = 1  # as the service and the TorchServe handler
-_options.inter_op_num_threads = 1
-_SESSION = ort.InferenceSession(str(_VERSION_DIR / "model.onnx"), _options, providers=["CPUExecutionProvider"])
+_SESSION = session(_VERSION_DIR / "model.onnx")  # one intra-op thread, as a service worker and TorchServe's
 
 app = FastAPI()
 
 
 @app.post("/classify")
 def classify(payload: dict[str, Any] = Body(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
-    inp = _CONFIG.input
     crops = payload["crops"]
-    rows = [resize(decode_image(base64.b64decode(c["image"])), inp.height, inp.width) for c in crops]
-    x = normalize(np.stack(rows), _CONFIG.preprocess, inp.dtype)
-    (logits,) = _SESSION.run([_CONFIG.output_name], {inp.name: x})
+    x = model_input([c["image"] for c in crops], _CONFIG, input_dtype(_SESSION))
+    (logits,) = _SESSION.run([_CONFIG.output_name], {_CONFIG.input.name: x})
     probs = calibrated_probabilities(np.asarray(logits, np.float32), _CONFIG.temperature)
     labels = _CONFIG.classes
     return {

@@ -5,28 +5,23 @@ answer: per crop id, label and probabilities. TorchServe batches requests (batch
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from loadtest.ceiling import input_dtype, model_input, session
 from service.core.modelconfig import load_config
 from service.core.postprocess import calibrated_probabilities
-from service.core.preprocess import decode_image, normalize, resize
 
 _state: dict[str, Any] = {}
 
 
 def _initialize(model_dir: str) -> None:
     config = load_config(Path(os.environ["OMR_REFERENCE_VERSION_DIR"]))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1  # as the service: one intra-op thread
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    sess = session(Path(model_dir) / "model.onnx")  # as the service: one intra-op thread
     _state.update(config=config, sess=sess)
 
 
@@ -36,18 +31,17 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
     if data is None:
         return None
     config, sess = _state["config"], _state["sess"]
-    inp = config.input
-    rows, spans, ids = [], [], []
+    images, spans, ids = [], [], []
     for req in data:
         body = req.get("body") or req.get("data")
         payload = json.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
         crops = payload["crops"]
-        spans.append((len(rows), len(rows) + len(crops)))
+        spans.append((len(images), len(images) + len(crops)))
         for c in crops:
-            rows.append(resize(decode_image(base64.b64decode(c["image"])), inp.height, inp.width))
+            images.append(c["image"])
             ids.append(c.get("id"))
-    x = normalize(np.stack(rows), config.preprocess, inp.dtype)
-    (logits,) = sess.run([config.output_name], {inp.name: x})
+    x = model_input(images, config, input_dtype(sess))
+    (logits,) = sess.run([config.output_name], {config.input.name: x})
     probs = calibrated_probabilities(np.asarray(logits, np.float32), config.temperature)
     labels = config.classes
     out = []
