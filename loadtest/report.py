@@ -77,7 +77,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     if idle:
         s["idle_sheet_p99_ms"] = idle["p99_ms"]
         targets.append(_target("one 100-crop sheet at idle, p99 ms", TARGET_IDLE_P99_MS, idle["p99_ms"], "<="))
-    _every_core(result, s, targets, pipe, on_sheet, on_single)
+    _every_core(result, s, targets, pipe, ceil.get("pipeline_parallel"), on_sheet, on_single)
     s["targets"] = targets
     s["invalid_scenarios"] = invalid_scenarios(result)
     return s
@@ -101,6 +101,7 @@ def _every_core(
     s: dict[str, Any],
     targets: list[dict[str, Any]],
     pipe: float,
+    parallel: dict[str, Any] | None,
     on_sheet: dict[str, Any] | None,
     on_single: dict[str, Any] | None,
 ) -> None:
@@ -108,8 +109,6 @@ def _every_core(
     cores = int(result["machine"].get("container_cpus") or result["machine"].get("cores") or 1)
     s["cores"] = cores
     s["workers"] = result.get("service", {}).get("batching_on", {}).get("workers")
-    variant = result["service_variant"]
-    parallel = (result["ceiling"].get(variant) or next(iter(result["ceiling"].values()))).get("pipeline_parallel")
     if on_sheet:
         s["sheet_fraction_of_cores_x_one"] = on_sheet["crops_per_s"] / (pipe * cores)
         if parallel and parallel["crops_per_s"] > 0:  # measured with `cores` threads at once (ceiling.py)
