@@ -100,16 +100,31 @@ def _process_tree(root: int) -> list[int]:
     return out
 
 
-def _listening_inodes(port: int) -> set[str]:
-    """Socket inodes listening on 127.0.0.1:`port` (or any address), from /proc/net/tcp."""
+#: /proc/net/tcp socket states
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def tcp_sockets(port: int, state: str = LISTEN) -> set[str]:
+    """Sockets ("socket:[inode]", as /proc/<pid>/fd links name them) on local 127.0.0.1:`port` (or any
+    address) in `state`, from /proc/net/tcp."""
     want = f":{port:04X}"
     inodes = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
             f = line.split()
-            if f[1].endswith(want) and f[3] == "0A" and f[1].split(":")[0] in ("0100007F", "00000000"):
-                inodes.add(f[9])  # st 0A = LISTEN
+            if f[1].endswith(want) and f[3] == state and f[1].split(":")[0] in ("0100007F", "00000000"):
+                inodes.add(f"socket:[{f[9]}]")
     return inodes
+
+
+def held_sockets(pid: int) -> set[str]:
+    """The sockets `pid` holds open ("socket:[inode]")."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").glob("*"):
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                held.add(target)
+    return held
 
 
 def _tree(pid: int) -> list[int]:
@@ -126,13 +141,8 @@ def _tree(pid: int) -> list[int]:
 
 def owns_port(pid: int, port: int) -> bool:
     """Whether the socket listening on `port` is held by `pid` or one of its descendants."""
-    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
-    for p in _tree(pid):
-        for fd in Path(f"/proc/{p}/fd").glob("*"):
-            with contextlib.suppress(OSError):
-                if os.readlink(fd) in inodes:
-                    return True
-    return False
+    listening = tcp_sockets(port, LISTEN)
+    return any(held_sockets(p) & listening for p in _tree(pid))
 
 
 def _addr_in_use(log_path: Path) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.server import ESTABLISHED, held_sockets, tcp_sockets
+
 from ._podctl import HOST, running_pod, total
 
 pytestmark = pytest.mark.integration
@@ -18,22 +20,7 @@ CLIENTS = 8
 
 def _established(pid: int, port: int) -> int:
     """TCP connections in state ESTABLISHED on local `port` whose socket `pid` holds open."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = fd.readlink().as_posix()
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                count += 1
-    return count
+    return len(held_sockets(pid) & tcp_sockets(port, ESTABLISHED))
 
 
 def test_connections_pinned_to_one_worker_are_spread_over_the_pod(tmp_path: Path, until: Callable[..., None]) -> None:
