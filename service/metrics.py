@@ -126,6 +126,16 @@ class Metrics:
             "Keep-alive connections a worker closed because it held more than its share (service.serve.balance).",
             registry=r,
         )
+        self.sheet_splits = Counter(
+            "omr_sheet_splits_total",
+            "Sheets split with an idle worker (service.core.parts), by who classified the far half: peer, or "
+            "fallback (the peer did not answer; done here).",
+            ["outcome"],
+            registry=r,
+        )
+        self.peer_parts = Counter(
+            "omr_peer_parts_total", "Halves of other workers' sheets this worker classified.", registry=r
+        )
         self.crops = Counter("omr_crops_total", "Classified crops by label.", ["model", "label"], registry=r)
         self.rejections = Counter("omr_rejections_total", "Requests refused, by reason.", ["reason"], registry=r)
         self.batch_failures = Counter("omr_batch_failures_total", "Model calls that failed.", ["model"], registry=r)

@@ -58,6 +58,21 @@ class Settings(BaseSettings):
         "whichever worker accepts first), so a few long-lived client connections cannot pin one core "
         "(service/serve/balance.py).",
     )
+    pin_workers: bool | None = Field(
+        None,
+        description="Keep each worker on one CPU of the affinity mask. None: when `split_sheets` is on and the "
+        "container may run on exactly as many CPUs as it has workers (CPUs of its own; service/serve/cpus.py).",
+    )
+    split_sheets: bool = Field(
+        True,
+        description="With several workers, a sheet of at least `split_min_crops` crops that arrives while this "
+        "worker has nothing else to do and another worker is idle is classified half here and half there "
+        "(decoding cannot be spread over threads: the GIL), then decided here as one sheet "
+        "(service/core/parts.py, service/serve/peers.py).",
+    )
+    split_min_crops: int = Field(
+        64, ge=2, le=4096, description="Smallest sheet `split_sheets` splits (each half costs a round trip)."
+    )
 
     # --- model repository ---
     model_repository: Path = Field(BUNDLED_REPOSITORY, description="Triton-style <name>/<version>/ folder.")

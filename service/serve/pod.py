@@ -3,10 +3,11 @@
 Layout (int64 words): a header, then one record per worker.
 
     header:  [draining, restarts, workers]
-    worker:  [phase, pid, open connections, pending rows of model 0 .. MAX_MODELS-1]
+    worker:  [phase, pid, open connections, requests in flight, pending rows of model 0 .. MAX_MODELS-1]
 
 Each word has ONE writer, so no lock is needed: the supervisor writes the header, a worker's phase when it
-dies and the pid; a worker writes its own phase, its open connections and its own pending rows. Readers may
+dies and the pid; a worker writes its own phase, its open connections, its requests in flight
+(`service.serve.peers` reads them to find an idle worker) and its own pending rows. Readers may
 see a value a moment old, which admission, readiness and the connection balance tolerate (an aligned 8-byte
 store is never torn on the platforms we run).
 """
@@ -26,7 +27,7 @@ import numpy as np
 MAX_MODELS = 16
 _HEADER = 3
 _DRAINING, _RESTARTS, _WORKERS = range(_HEADER)
-_PHASE, _PID, _CONNS, _PENDING = 0, 1, 2, 3
+_PHASE, _PID, _CONNS, _ACTIVE, _PENDING = 0, 1, 2, 3, 4
 _RECORD = _PENDING + MAX_MODELS
 
 
@@ -123,6 +124,13 @@ class PodState:
     def connections(self) -> list[int]:
         """Open HTTP connections of every worker (its last published figure)."""
         return [int(x) for x in self._w[_HEADER + _CONNS : _HEADER + self.workers * _RECORD : _RECORD]]
+
+    # --- requests in flight (`service.serve.peers`) --------------------------------------------------------
+    def set_active(self, index: int, requests: int) -> None:
+        self._w[self._base(index) + _ACTIVE] = requests
+
+    def active(self, index: int) -> int:
+        return int(self._w[self._base(index) + _ACTIVE])
 
     # --- pending rows (admission) ---------------------------------------------------------------------------
     def set_pending(self, index: int, model: int, rows: int) -> None:
