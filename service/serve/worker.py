@@ -16,6 +16,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.serve.cpus import worker_cpu
 from service.serve.pod import PodState
 from service.settings import Settings
 
@@ -55,6 +56,10 @@ def worker_main(
     _follow_parent(parent)
     setup_logging(settings)
     pod = PodState.attach(Path(pod_path))
+    cpu = worker_cpu(index, pod.workers, settings.pin_workers, settings.split_sheets)
+    if cpu is not None:  # before any thread starts: the threads inherit it
+        os.sched_setaffinity(0, {cpu})
+        log.info("worker %d keeps to CPU %d", index, cpu)
     log.info("worker %d (pid %d) starting", index, os.getpid())
     started = serve(settings, sockets=[sock], pod=pod.slot(index, ready), session_factory=session_factory)
     pod.close()

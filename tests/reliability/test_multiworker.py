@@ -18,9 +18,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from service.serve.cpus import worker_cpu
+
 from ._pod import SLOW_VALUE
 from ._podctl import get, post, running_pod, total
-from ._support import b64, json_crops, png
+from ._support import b64, bubble, json_crops, png
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +177,35 @@ def test_killed_worker_is_replaced_and_counted(tmp_path: Path, until: Callable[.
         for _ in range(4):
             assert post(pod.port, body)[0] == 200
         assert "died (exit -9): starting a replacement" in pod.log_tail(20000)
+
+
+def test_an_idle_pod_splits_a_big_sheet_over_its_workers(tmp_path: Path, until: Callable[..., None]) -> None:
+    """A 100-crop sheet on an idle pod: half decoded and run in the other worker (service.core.parts); each
+    worker keeps to its own CPU where the pod has exactly its CPUs; after a worker is killed and replaced the
+    split still answers (the replacement binds the socket again; a stale connection falls back)."""
+    sheet = {"crops": [{"id": f"s{i}", "image": b64(png(bubble(24 + i % 16, seed=i)))} for i in range(100)]}
+    body = orjson.dumps(sheet)
+    with running_pod(tmp_path, WORKERS) as pod:
+        status, first = post(pod.port, body)
+        assert status == 200, first[:300]
+        m = pod.metrics()
+        assert total(m, "omr_sheet_splits_total", outcome="peer") == 1
+        assert total(m, "omr_peer_parts_total") == 1
+        assert [r["id"] for r in orjson.loads(first)["results"]] == [f"s{i}" for i in range(100)]
+
+        pids = pod.worker_pids()
+        masks = sorted((os.sched_getaffinity(pid) for pid in pids), key=min)
+        wanted = [worker_cpu(i, 2, None) for i in range(2)]
+        if wanted[0] is not None:  # this machine gives the pod exactly 2 CPUs (CI: yes)
+            assert masks == sorted(({c} for c in wanted), key=min), masks
+        else:
+            assert masks == [os.sched_getaffinity(0)] * 2, masks
+
+        os.kill(pids[0], signal.SIGKILL)
+        until(lambda: total(pod.metrics(), "omr_worker_restarts_total") == 1, 60, "the kill noticed")
+        until(lambda: pod.ready_status() == 200, 120, "a replacement ready")
+        for _ in range(4):
+            status, again = post(pod.port, body)
+            assert status == 200 and orjson.loads(again)["results"] == orjson.loads(first)["results"]
+        m = pod.metrics()
+        assert total(m, "omr_sheet_splits_total") == 5  # every one split: by the peer, or done at home
