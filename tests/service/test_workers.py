@@ -212,3 +212,17 @@ def test_connection_balance_closes_only_what_is_above_the_share_of_ready_workers
     pod.start_draining()
     me.update()  # draining closes every connection anyway
     assert me.excess == 0
+
+
+def test_worker_cpu_pins_only_a_container_with_exactly_its_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.serve import cpus
+
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _pid: {4, 5})
+    assert [cpus.worker_cpu(i, 2, None) for i in range(2)] == [4, 5]  # 2 CPUs of its own, 2 workers: pinned
+    assert cpus.worker_cpu(0, 2, None, split_sheets=False) is None  # no split: the batcher wants both CPUs
+    assert cpus.worker_cpu(0, 3, None) is None  # more workers than CPUs: the kernel places them
+    assert cpus.worker_cpu(0, 1, True) is None  # one process: nothing to keep apart
+    assert cpus.worker_cpu(1, 2, False) is None
+    monkeypatch.setattr(cpus.os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert cpus.worker_cpu(0, 2, None) is None  # the node's 64 CPUs under a 2-CPU quota: never pinned
+    assert [cpus.worker_cpu(i, 2, True) for i in range(2)] == [0, 1]  # asked for: the first CPUs of the mask
