@@ -133,6 +133,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ("peer", "fallback"):  # exported at 0 from the start: a rate needs no first split
+            self.sheet_splits.labels(outcome)
         self.peer_parts = Counter(
             "omr_peer_parts_total", "Halves of other workers' sheets this worker classified.", registry=r
         )
