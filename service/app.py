@@ -24,7 +24,7 @@ from service.core.runtime import SessionFactory, create_session
 from service.grpc import server as grpc_server
 from service.http import classify, docs, errors, fastpath, health, limits, middleware, v2
 from service.metrics import Metrics
-from service.serve.peers import MAX_SOCKET_PATH, PeerServer, PodPeers, socket_path
+from service.serve.peers import start_peers
 from service.serve.pod import WorkerSlot
 from service.settings import Settings
 from service.state import AppState
@@ -63,15 +63,7 @@ def create_app(
         peers = None
         if pod is not None:
             state.join_pod(pod)
-            path = socket_path(pod, pod.index)
-            if not settings.split_sheets or pod.pod.workers < 2:
-                pass
-            elif len(str(path)) > MAX_SOCKET_PATH:  # AF_UNIX paths are at most 107 bytes: a TMPDIR too deep
-                log.warning("not splitting sheets: socket path %s is longer than %d bytes", path, MAX_SOCKET_PATH)
-            else:  # big sheets on an idle pod: half to another worker
-                peers = PeerServer(state.classifier, state.metrics, path)
-                await peers.start()
-                state.classifier.offload = PodPeers(pod)
+            peers = await start_peers(state.classifier, state.metrics, pod, settings)  # None: no sheet splitting
         # gRPC (Open Inference Protocol) beside REST, over the same state; bound first so a taken port fails start-up
         grpc = await grpc_server.start(state) if settings.grpc_port else None
         if grpc is not None:
@@ -87,8 +79,6 @@ def create_app(
                 await grpc.stop(settings.drain_timeout_s)
             if peers is not None:  # finish the other workers' parts in hand (new ones go elsewhere or stay home)
                 await peers.stop(settings.drain_timeout_s)
-                if isinstance(state.classifier.offload, PodPeers):
-                    state.classifier.offload.close()
             await asyncio.gather(warm, return_exceptions=True)
             for served in state.registry.all():
                 if not await served.batcher.drain(settings.drain_timeout_s):

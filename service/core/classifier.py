@@ -107,20 +107,21 @@ class Classifier:
                 else:
                     loop = asyncio.get_running_loop()
                     chunk = max(DECODE_CHUNK_MIN, math.ceil(here / self.settings.preprocess_threads))
+                    spans = [(s, min(s + chunk, here)) for s in range(0, here, chunk)]
                     jobs = [
                         loop.run_in_executor(
                             self._executor,
                             clock.run,
                             decode_chunk,
-                            images[s : min(s + chunk, here)],
-                            id_list[s : min(s + chunk, here)],
+                            images[s:e],
+                            id_list[s:e],
                             s,
                             base64_encoded,
                             inp,
-                            sizes[s : min(s + chunk, here)],  # a view: the worker writes into `sizes`
+                            sizes[s:e],  # a view: the worker writes into `sizes`
                             deadline,
                         )
-                        for s in range(0, here, chunk)
+                        for s, e in spans
                     ]
                     results = await asyncio.gather(*jobs, return_exceptions=True)
                 late = [r for r in results if isinstance(r, BaseException)]
@@ -190,12 +191,16 @@ class Classifier:
             )  # fmt: skip
             if errors:
                 return PartResult(rows, sizes, np.zeros((0, 0), np.float32), errors)
-            expanded = rows
-            if part.views != ("identity",):
-                expanded = await loop.run_in_executor(self._executor, clock.run, tta.expand, rows, part.views)
+            expanded = await self._expand(rows, part.views, clock)
             served.admission.observe_decode(len(expanded), clock.seconds)
             probs = await self._infer(served, expanded, part.deadline)
             return PartResult(rows, sizes, probs)
+
+    async def _expand(self, rows: np.ndarray, views: Sequence[str], clock: WorkClock) -> np.ndarray:
+        """The TTA views of the identity rows (`tta.expand`, in the executor); the rows themselves without TTA."""
+        if tuple(views) == ("identity",):
+            return rows
+        return await asyncio.get_running_loop().run_in_executor(self._executor, clock.run, tta.expand, rows, views)
 
     @contextlib.contextmanager
     def _tracking(self) -> Iterator[None]:
@@ -268,10 +273,7 @@ class Classifier:
                 crops = exc.extra["crops"] + (await far_errors(away) if away is not None else [])
                 self.metrics.rejections.labels("invalid_crop").inc()
                 raise InvalidCrops(crops) from None
-            if use_tta:
-                rows = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, clock.run, tta.expand, rows, views
-                )
+            rows = await self._expand(rows, views, clock)
             self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
             served.admission.observe_decode(len(rows), clock.seconds)
             probs = await self._infer(served, rows, deadline, reservation.release)  # queued: no longer reserved

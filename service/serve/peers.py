@@ -20,6 +20,7 @@ import math
 import struct
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from service.core.parts import Part, PartResult
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.serve.pod import Phase, WorkerSlot
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +223,30 @@ class _Link:
 
     def send(self, part: Part) -> Awaitable[PartResult | None]:
         return self.peers.send(self.index, part)
+
+
+@dataclass(frozen=True)
+class Peers:
+    """This worker's two ends, started together and stopped together."""
+
+    server: PeerServer
+    client: PodPeers
+
+    async def stop(self, timeout_s: float) -> None:
+        await self.server.stop(timeout_s)
+        self.client.close()
+
+
+async def start_peers(classifier: Classifier, metrics: Metrics, slot: WorkerSlot, settings: Settings) -> Peers | None:
+    """Listen for other workers' parts and let `classifier` send its own (`classifier.offload`); None when sheets
+    are not split: the setting is off, the pod has one worker, or the socket path is too long for AF_UNIX."""
+    if not settings.split_sheets or slot.pod.workers < 2:
+        return None
+    path = socket_path(slot, slot.index)
+    if len(str(path)) > MAX_SOCKET_PATH:  # a TMPDIR too deep
+        log.warning("not splitting sheets: socket path %s is longer than %d bytes", path, MAX_SOCKET_PATH)
+        return None
+    peers = Peers(PeerServer(classifier, metrics, path), PodPeers(slot))
+    await peers.server.start()
+    classifier.offload = peers.client
+    return peers
