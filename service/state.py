@@ -109,6 +109,11 @@ class AppState:
             # garbage is frozen with it.
             gc.collect()
             gc.freeze()
+            # young objects alive at once before a collection: a request's crops, decisions and response live
+            # together and die by reference counting; at Python's 700 a 100-crop sheet paid one collection of
+            # them (~125 us) on its critical path, and every 10th a gen-1 one (docs/performance.md)
+            _gen0, gen1, gen2 = gc.get_threshold()
+            gc.set_threshold(self.settings.gc_young_threshold, gen1, gen2)
             self.warmed.set()
             healthy = not self.problems and not self.draining
             self.metrics.ready.set(1 if healthy else 0)

@@ -13,7 +13,7 @@ import pytest
 
 from service.app import _build_state
 from service.core.modelconfig import ModelArtifactError, load_config
-from service.core.registry import Registry
+from service.core.registry import Registry, make_infer
 from service.core.runtime import active_provider, available_providers, create_session, provider_options
 from service.errors import ModelNotFound
 from service.metrics import Metrics
@@ -200,3 +200,33 @@ def test_cpu_model_calls_are_not_padded_unless_asked(pad_batches, expect_pads, s
         out = asyncio.run(one())
     assert out.shape == (5, len(served.config.classes))
     assert recorded[0].sizes == sizes  # 5 rows: exactly 5 on CPU, the 8-row bucket when padding is asked for
+
+
+@pytest.mark.parametrize(("call_rows", "sizes"), [(64, [64, 64, 64, 8]), (None, [200])])
+def test_cpu_batches_run_as_calls_of_at_most_cpu_call_rows(call_rows, sizes) -> None:
+    """A 200-row batch on CPU is four ONNX Runtime calls of <= 64 rows (activations stay in cache), and its
+    probabilities are bit-identical to one 200-row call: chunking is a speed choice, never an answer change."""
+    recorded: list[_Recording] = []
+
+    def factory(path, config, settings):
+        recorded.append(_Recording(create_session(path, config, settings)))
+        return recorded[-1]
+
+    rng = np.random.default_rng(3)
+    with ThreadPoolExecutor(1) as pool:
+        settings = Settings(cpu_call_rows=call_rows, max_batches_in_flight=1)  # one 200-row batch
+        served = Registry.load(settings, factory, pool, Metrics()).get()
+        rows = rng.integers(0, 256, (200, served.config.input.height, served.config.input.width), dtype=np.uint8)
+
+        async def one() -> np.ndarray:
+            served.batcher.start()
+            try:
+                return await served.batcher.submit(rows)
+            finally:
+                await served.batcher.stop()
+
+        out = asyncio.run(one())
+    assert recorded[0].sizes == sizes
+    with ThreadPoolExecutor(1) as pool:
+        whole = Registry.load(Settings(cpu_call_rows=None), create_session, pool, Metrics()).get()
+    assert np.array_equal(out, make_infer(whole.config, whole.session)(rows))

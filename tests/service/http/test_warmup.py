@@ -109,17 +109,23 @@ def test_classify_answers_503_with_retry_after_while_warming_up(until) -> None:
 
 def test_warm_up_freezes_the_start_up_heap_out_of_the_collector(until) -> None:
     """After warm-up the objects that live as long as the process are frozen (gc.freeze): collections under
-    load no longer walk them. The server runs in this process, so its freeze count is this process's."""
+    load no longer walk them; and a collection starts only at `gc_young_threshold` live young objects, not at
+    Python's 700 (which a 100-crop sheet's own objects crossed). The server runs in this process, so its
+    freeze count and thresholds are this process's."""
     gc.unfreeze()  # other tests' apps froze this process already
+    gc.set_threshold(700, 10, 10)
     gate = WarmupGate()
-    with serve_live(create_app(Settings(max_batch_size=8, log_level="critical"), session_factory=gate), until) as url:
+    settings = Settings(max_batch_size=8, log_level="critical", gc_young_threshold=12_345)
+    with serve_live(create_app(settings, session_factory=gate), until) as url:
         assert gate.entered.wait(60), "warm-up never reached the model"
         try:
             assert gc.get_freeze_count() == 0  # not while warming up
+            assert gc.get_threshold() == (700, 10, 10)
         finally:
             gate.release.set()
         until(lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "ready after warm-up")
         assert gc.get_freeze_count() > 10_000  # the app, FastAPI, pydantic, the sessions' wrappers, ...
+        assert gc.get_threshold() == (12_345, 10, 10)  # the older generations keep Python's thresholds
 
 
 def test_failed_warm_up_keeps_serving_but_never_reports_ready(until) -> None:
