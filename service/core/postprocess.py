@@ -18,9 +18,12 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
     return z
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
-    """One crop's answer (the service adds the id)."""
+    """One crop's answer (the service adds the id).
+
+    Not frozen, though nothing changes one after `decide`: a frozen dataclass's __init__ sets each field
+    through object.__setattr__, 1.4 vs 0.36 us a decision, and a 500-crop sheet makes 500 of them."""
 
     label: str
     confidence: float
@@ -83,6 +86,8 @@ def decide(
     rv = config.review
     out: list[Decision] = []
     classes = config.classes
+    if probs.shape[1] != len(classes):  # once here, not per row (zip's strict check cost ~0.2 us a crop)
+        raise ValueError(f"probabilities have {probs.shape[1]} columns for {len(classes)} classes")
     # python floats once, up front: per-element numpy scalar conversion dominated this loop for big requests
     rows = probs.tolist()
     conf_l = conf.tolist()
@@ -110,7 +115,7 @@ def decide(
                 confidence=conf_l[i],
                 marked=decided_l[i],
                 marked_probability=marked_l[i],
-                probabilities=dict(zip(classes, row, strict=True)),
+                probabilities=dict(zip(classes, row, strict=False)),  # widths checked once, above
                 review_reasons=reasons,
                 decided_by="sheet" if moved_l[i] else "model",
             )

@@ -171,3 +171,10 @@ def test_bundled_config_defaults_keep_average_tta_and_enable_sheet_context() -> 
     assert CONFIG.sheet.enabled is True
     evidence = CONFIG.training["serving_evidence"]
     assert evidence["unmark_newly_missed"] == 0
+
+
+def test_decide_refuses_probabilities_of_another_width() -> None:
+    """One probability per class: a model whose output is wider or narrower than the config's classes never
+    yields decisions with a wrong `probabilities` map (checked once per call, not per crop)."""
+    with pytest.raises(ValueError, match="columns"):
+        decide(np.full((3, len(CONFIG.classes) + 1), 0.1, np.float32), CONFIG, "ink")
