@@ -74,6 +74,8 @@ def decide(
     `label_marked_conflict`; such a row never has confidence >= 0.5, so it is already in review for
     `low_confidence` unless the thresholds are set below 0.5.
     """
+    if probs.shape[1] != len(config.classes):  # once here, not per row (zip's strict check: ~0.2 us a crop)
+        raise ValueError(f"probabilities have {probs.shape[1]} columns for {len(config.classes)} classes")
     mask = marked_mask_array(config, profile)
     marked_p = np.minimum(probs[:, mask].sum(axis=1), 1.0)
     marked = marked_p >= 0.5
@@ -86,8 +88,6 @@ def decide(
     rv = config.review
     out: list[Decision] = []
     classes = config.classes
-    if probs.shape[1] != len(classes):  # once here, not per row (zip's strict check cost ~0.2 us a crop)
-        raise ValueError(f"probabilities have {probs.shape[1]} columns for {len(classes)} classes")
     # python floats once, up front: per-element numpy scalar conversion dominated this loop for big requests
     rows = probs.tolist()
     conf_l = conf.tolist()
