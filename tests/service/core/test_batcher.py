@@ -140,6 +140,25 @@ def test_batch_failure_fails_only_its_requests(pool) -> None:
     asyncio.run(go())
 
 
+def test_an_executor_that_refuses_the_batch_fails_its_requests_not_the_loop() -> None:
+    """The batch goes to the executor as it is launched (not from a task a loop iteration later): an executor
+    that refuses it (shut down) fails that batch's requests with InferenceFailed, and the loop lives on."""
+    model = Model()
+    refusing = ThreadPoolExecutor(1)
+    refusing.shutdown()
+
+    async def go() -> None:
+        b = make(model, refusing, max_delay_s=0)
+        b.start()
+        for _ in range(2):  # the second request proves the loop survived the first refusal
+            with pytest.raises(InferenceFailed, match="RuntimeError"):
+                await asyncio.wait_for(b.submit(rows([1])), 5)
+        await b.stop()
+
+    asyncio.run(go())
+    assert model.seen == []
+
+
 def test_batch_wrong_row_count_fails_loudly(pool) -> None:
     async def go() -> None:
         b = make(Model(wrong_rows=True), pool)
