@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.app import _build_state
+from service.core.batcher import Batcher
 from service.core.modelconfig import ModelArtifactError, load_config
 from service.core.registry import Registry, make_infer
 from service.core.runtime import active_provider, available_providers, create_session, provider_options
@@ -176,6 +177,15 @@ class _Recording:
         return getattr(self.session, name)
 
 
+async def _submit_once(batcher: Batcher, rows: np.ndarray) -> np.ndarray:
+    """One request through a started batcher (stopped again after)."""
+    batcher.start()
+    try:
+        return await batcher.submit(rows)
+    finally:
+        await batcher.stop()
+
+
 @pytest.mark.parametrize(("pad_batches", "expect_pads", "sizes"), [(None, False, [5]), (True, True, [8])])
 def test_cpu_model_calls_are_not_padded_unless_asked(pad_batches, expect_pads, sizes) -> None:
     recorded: list[_Recording] = []
@@ -190,14 +200,7 @@ def test_cpu_model_calls_are_not_padded_unless_asked(pad_batches, expect_pads, s
         assert served.provider == "CPUExecutionProvider" and served.batcher.pads is expect_pads
         rows = np.full((5, served.config.input.height, served.config.input.width), 255, np.uint8)
 
-        async def one() -> np.ndarray:
-            served.batcher.start()
-            try:
-                return await served.batcher.submit(rows)
-            finally:
-                await served.batcher.stop()
-
-        out = asyncio.run(one())
+        out = asyncio.run(_submit_once(served.batcher, rows))
     assert out.shape == (5, len(served.config.classes))
     assert recorded[0].sizes == sizes  # 5 rows: exactly 5 on CPU, the 8-row bucket when padding is asked for
 
@@ -218,14 +221,7 @@ def test_cpu_batches_run_as_calls_of_at_most_cpu_call_rows(call_rows, sizes) -> 
         served = Registry.load(settings, factory, pool, Metrics()).get()
         rows = rng.integers(0, 256, (200, served.config.input.height, served.config.input.width), dtype=np.uint8)
 
-        async def one() -> np.ndarray:
-            served.batcher.start()
-            try:
-                return await served.batcher.submit(rows)
-            finally:
-                await served.batcher.stop()
-
-        out = asyncio.run(one())
+        out = asyncio.run(_submit_once(served.batcher, rows))
     assert recorded[0].sizes == sizes
     with ThreadPoolExecutor(1) as pool:
         whole = Registry.load(Settings(cpu_call_rows=None), create_session, pool, Metrics()).get()
