@@ -114,13 +114,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, ge=1, le=4096, description="Rows (crops x TTA views) per model call.")
     max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest wait to fill a batch after its 1st row.")
     max_batches_in_flight: int = Field(2, ge=1, le=64, description="Model calls running at once.")
-    cpu_call_rows: int | None = Field(
+    cpu_call_rows: int = Field(
         64,
         ge=1,
         le=4096,
         description="On the CPU provider, a batch runs as ONNX Runtime calls of at most this many rows (the "
         "same rows out, bit for bit): 64-row calls keep the activations in the core's cache, where one 256-row "
-        "call cost 15-40 % more per row. None: one call per batch. GPU providers always take a batch whole.",
+        "call cost 15-40 % more per row. At or above OMR_MAX_BATCH_SIZE: one call per batch. GPU providers "
+        "always take a batch whole.",
     )
     pad_batches: bool | None = Field(
         None,
