@@ -190,11 +190,11 @@ class Classifier:
                 served.config.input, sizes, part.deadline,
             )  # fmt: skip
             if errors:
-                return PartResult(rows, sizes, np.zeros((0, 0), np.float32), errors)
+                return PartResult(np.zeros((0, 0), np.float32), sizes, np.zeros((0, 0), np.float32), errors)
             expanded = await self._expand(rows, part.views, clock)
             served.admission.observe_decode(len(expanded), clock.seconds)
             probs = await self._infer(served, expanded, part.deadline)
-            return PartResult(rows, sizes, probs)
+            return PartResult(crop_stats(rows), sizes, probs)
 
     async def _expand(self, rows: np.ndarray, views: Sequence[str], clock: WorkClock) -> np.ndarray:
         """The TTA views of the identity rows (`tta.expand`, in the executor); the rows themselves without TTA."""
@@ -277,21 +277,25 @@ class Classifier:
             self.metrics.preprocess_seconds.labels(served.name).observe(time.monotonic() - t0)
             served.admission.observe_decode(len(rows), clock.seconds)
             probs = await self._infer(served, rows, deadline, reservation.release)  # queued: no longer reserved
+            stats = None
             if away is not None:
+                # per-crop statistics: this half's while the far half is usually still on its way
+                stats = crop_stats(identity)
                 part = await away
                 if part.errors:
                     self.metrics.rejections.labels("invalid_crop").inc()
                     raise InvalidCrops(part.errors)
                 if context is not None and context.sizes is not None:
                     context.sizes[len(identity) :] = part.sizes
-                identity = np.concatenate([identity, part.rows])
+                stats = np.concatenate([stats, part.stats])
                 probs = np.concatenate([probs, part.probs])
         finally:
             reservation.release()
             if away is not None and not away.done():
                 away.cancel()  # the request failed or was cancelled: the far part's answer is not wanted
         # the sheet context compares a request's crops: one crop has none to compare with (decide_request)
-        stats = crop_stats(identity) if len(ids) > 1 else None  # ~1 us per crop, vectorised, + ~20 us a call
+        if stats is None and len(ids) > 1:
+            stats = crop_stats(identity)  # ~1 us per crop, vectorised, + ~20 us a call
         context = context or _SheetArgs(None, True, None)
         probs, agree = combine_views(probs.reshape(len(ids), len(views), -1), served.config, tuple(views))
         decisions = decide_request(
@@ -299,4 +303,6 @@ class Classifier:
         )
         for label, count in collections.Counter(d.label for d in decisions).items():
             self.metrics.crops.labels(served.name, label).inc(count)
-        return Classification(served, ids, decisions, probs, use_tta, profile, context.sheet, identity, stats)
+        # a split request's far rows stayed with the peer: its stats came back instead (and are measured here)
+        rows_kept = identity if stats is None else None
+        return Classification(served, ids, decisions, probs, use_tta, profile, context.sheet, rows_kept, stats)

@@ -3,7 +3,7 @@
 Each worker listens on `peer-<index>.sock` in the pod's private scratch folder beside the shared block. A
 worker with a big sheet and nothing else to do picks a READY worker whose published requests-in-flight word
 is 0 (`PodState.active`), sends it the sheet's second half as one frame and decodes the first half itself;
-the peer answers with the half's model-size rows, native sizes and probabilities. Anything that goes wrong
+the peer answers with the half's sheet statistics, native sizes and probabilities. Anything that goes wrong
 on the way (peer restarted, draining, connection lost, deadline) returns None and the sender classifies the
 half itself: a split can cost latency, never an answer.
 
@@ -79,23 +79,24 @@ def decode_part(header: dict[str, Any], payload: bytes) -> Part:
 def encode_result(result: PartResult) -> list[bytes]:
     if result.errors:
         return _frame({"status": "invalid", "errors": result.errors})
-    rows, sizes, probs = result.rows, result.sizes.astype(np.int64), result.probs.astype(np.float32)
-    header = {"status": "ok", "rows": list(rows.shape), "probs": list(probs.shape)}
-    return _frame(header, rows.tobytes(), sizes.tobytes(), probs.tobytes())
+    stats, sizes = result.stats.astype(np.float32), result.sizes.astype(np.int64)
+    probs = result.probs.astype(np.float32)
+    header = {"status": "ok", "stats": list(stats.shape), "probs": list(probs.shape)}
+    return _frame(header, sizes.tobytes(), stats.tobytes(), probs.tobytes())  # int64 first: every array aligned
 
 
 def decode_result(header: dict[str, Any], payload: bytes) -> PartResult | None:
     if header["status"] == "invalid":
-        return PartResult(np.zeros((0, 0, 0), np.uint8), np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32),
+        return PartResult(np.zeros((0, 0), np.float32), np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32),
                           header["errors"])  # fmt: skip
     if header["status"] != "ok":
         return None
-    shape, pshape = tuple(header["rows"]), tuple(header["probs"])
-    n_rows, n = int(np.prod(shape)), shape[0]
-    rows = np.frombuffer(payload, np.uint8, n_rows).reshape(shape)
-    sizes = np.frombuffer(payload, np.int64, n * 2, offset=n_rows).reshape(n, 2)
-    probs = np.frombuffer(payload, np.float32, int(np.prod(pshape)), offset=n_rows + 16 * n).reshape(pshape)
-    return PartResult(rows, sizes, probs)
+    shape, pshape = tuple(header["stats"]), tuple(header["probs"])
+    n_stats, n = int(np.prod(shape)), shape[0]
+    sizes = np.frombuffer(payload, np.int64, n * 2).reshape(n, 2)
+    stats = np.frombuffer(payload, np.float32, n_stats, offset=16 * n).reshape(shape)
+    probs = np.frombuffer(payload, np.float32, int(np.prod(pshape)), offset=16 * n + 4 * n_stats).reshape(pshape)
+    return PartResult(stats, sizes, probs)
 
 
 class PeerServer:

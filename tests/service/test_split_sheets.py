@@ -92,7 +92,7 @@ def test_a_split_sheet_gets_the_single_worker_answer(alone: str) -> None:
 
 def test_the_sheet_context_sees_both_halves(alone: str) -> None:
     """The doubtful blob is crop 0 (decoded here), every confident empty is in the half worker 1 decodes: only
-    with the far half's rows does the sheet have an unmarked level to judge the blob against."""
+    with the far half's statistics does the sheet have an unmarked level to judge the blob against."""
     images = [bubble(**BLOB)] + [bubble(30, seed=s) for s in range(49)] + [bubble(None, seed=s) for s in range(50)]
     body = {"crops": crops(images)}
     with _pod_of_two() as (url0, _url1, _pod):
@@ -171,14 +171,14 @@ def test_the_wire_keeps_every_field() -> None:
                         ("identity", "shift"), 12.5)  # fmt: skip
     assert decode_part(*_unframe(encode_part(Part("m", "1", [], [], 0, False, ())))).deadline == float("inf")
 
-    rows = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    stats = np.array([[0.1, -0.2, 0.9], [0.7, 0.3, 0.8]], np.float32)
     probs = np.linspace(0, 1, 2 * 3 * 8, dtype=np.float32).reshape(6, 8)  # 2 crops x 3 views
-    got = decode_result(*_unframe(encode_result(PartResult(rows, np.array([[20, 30], [40, 50]]), probs))))
+    got = decode_result(*_unframe(encode_result(PartResult(stats, np.array([[20, 30], [40, 50]]), probs))))
     assert got is not None and not got.errors
-    np.testing.assert_array_equal(got.rows, rows)
+    np.testing.assert_array_equal(got.stats, stats)
     np.testing.assert_array_equal(got.sizes, [[20, 30], [40, 50]])
     np.testing.assert_array_equal(got.probs, probs)
     errors = [{"index": 41, "id": "y", "reason": "undecodable", "message": "m"}]
-    got = decode_result(*_unframe(encode_result(PartResult(rows, rows, rows, errors))))
+    got = decode_result(*_unframe(encode_result(PartResult(stats, stats, stats, errors))))
     assert got is not None and got.errors == errors
     assert decode_result({"status": "refused", "message": "past its deadline"}, b"") is None

@@ -50,6 +50,17 @@ def test_crop_stats_bright_level_survives_ink_in_one_corner() -> None:
     assert crop_stats(img[None])[0, STAT_NAMES.index("bright")] == pytest.approx(230 / 255)
 
 
+@pytest.mark.parametrize("n, cut", [(100, 50), (101, 50), (500, 250), (300, 256), (513, 7)])
+def test_crop_stats_of_two_parts_equal_the_whole_sheet_bit_for_bit(n: int, cut: int) -> None:
+    """A split sheet's far worker sends its crops' statistics, not its rows (`service.core.parts`): each crop's
+    numbers must not depend on which other crops were measured with it (nor on the 256-row chunking)."""
+    rng = np.random.default_rng(n)
+    rows = rng.integers(0, 256, (n, 32, 32), dtype=np.uint8)
+    rows[::3] = np.stack([bubble(int(v)) for v in rng.integers(0, 200, len(rows[::3]))])
+    whole = crop_stats(rows)
+    np.testing.assert_array_equal(np.concatenate([crop_stats(rows[:cut]), crop_stats(rows[cut:])]), whole)
+
+
 def test_crop_stats_of_no_rows() -> None:
     assert crop_stats(np.zeros((0, 32, 32), np.uint8)).shape == (0, len(STAT_NAMES))
 
