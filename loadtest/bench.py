@@ -1,6 +1,6 @@
 """The benchmark behind the README's figures: `python -m loadtest.bench [--out DIR]`.
 
-One run, one machine, in this order:
+One run, one machine:
 1. in-process ceiling: ONNX Runtime alone on every CPU variant of the bundled model (1 intra-op thread,
    batch 1..1024), and the service's decode + preprocess + inference, in crops/s per core;
 2. the real service (`python -m service` on 127.0.0.1) under wrk: sheets (64 base64-PNG crops, 8 clients),
@@ -12,12 +12,16 @@ One run, one machine, in this order:
    TorchServe is not installed: the reason is recorded);
 4. the service's fraction of the ceiling of the cores it is given, the ratios to the peers (sheets: the best
    peer; single crops: TorchServe), and the issues' targets, pass or miss.
+Steps 2 and 3 run with every server up at once, in `--rounds` interleaved rounds (`loadtest.rounds`): each
+figure is the median of its rounds, and the ceiling of the cores is measured again in each round, so a ratio
+never compares two different minutes of a shared machine.
 Writes `bench.json` and `bench.md` to the output folder and prints the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -28,7 +32,7 @@ from pathlib import Path
 import onnxruntime as ort
 import orjson
 
-from loadtest import ceiling, reference, report, scenarios, server, wrkrun
+from loadtest import ceiling, reference, report, rounds, scenarios, server, wrkrun
 from loadtest.crops import CropPool
 from service.core.modelconfig import list_versions, load_config
 from service.serve.cpus import container_cpus
@@ -87,59 +91,82 @@ def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> 
     return out
 
 
-def run_service(pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
+SERVICE_MODES: dict[str, dict[str, str]] = {"batching_on": {}, "one_worker": ONE_WORKER, "batching_off": BATCHING_OFF}
+PEER_SERVERS = (("reference", "torchserve"), ("baseline", "naive"))
+
+
+def _start_peers(stack: contextlib.ExitStack, pool_body: bytes, version_dir: Path, args: argparse.Namespace,
+                 out: dict[str, object]) -> dict[str, reference.Reference]:  # fmt: skip
+    """Start TorchServe and the naive baseline (`loadtest.reference`); a peer that cannot run is recorded."""
+    peers = {}
+    for key, peer in PEER_SERVERS:
+        if args.no_reference:
+            out[key] = {"skipped": "--no-reference"}
+            continue
+        start = reference.running if peer == "torchserve" else reference.running_naive
+        try:
+            peers[key] = stack.enter_context(start(version_dir, pool_body, Path(args.out) / f"{peer}.log"))
+        except (reference.ReferenceUnavailable, OSError, RuntimeError) as exc:
+            print(f"[{peer}] unavailable: {exc}", file=sys.stderr, flush=True)
+            out[key] = {"skipped": f"{type(exc).__name__}: {exc}"}
+    return peers
+
+
+def run_servers(pool: CropPool, version_dir: Path, args: argparse.Namespace, result: dict[str, object]) -> None:
+    """The service (three settings) and the peers, all started first, then measured in interleaved rounds
+    (`loadtest.rounds`); the in-process ceiling of the cores is measured again in every round, just before
+    the service's sheets. Fills result["service"], ["reference"], ["baseline"] and the served variant's
+    ceiling["pipeline_parallel"]."""
     sheet = scenarios.sheets_json(pool, args.sheet_crops, args.sheet_clients)
     single = scenarios.single_json(pool, args.single_clients)
     raw = scenarios.sheets_raw(pool, args.sheet_crops, args.sheet_clients)
     idle = scenarios.sheets_json(pool, args.idle_crops, 1, n_bodies=8, name="idle-sheet")
-    modes = {
-        "batching_on": ({}, [sheet, single, raw, idle]),
-        "one_worker": (ONE_WORKER, [sheet, single]),
-        "batching_off": (BATCHING_OFF, [sheet, single]),
-    }
+    shapes = {"batching_on": [sheet, single, raw, idle], "one_worker": [sheet, single], "batching_off": [sheet, single]}
     base_env = {"OMR_MODEL_VARIANT": args.variant, **BENCH_ENV}
-    out: dict[str, object] = {}
-    for mode, (env, shapes) in modes.items():
-        log = Path(args.out) / f"service-{mode}.log"
-        with server.running({**base_env, **env}, log_path=log) as svc:
-            rows = []
-            for sc in shapes:
-                row = scenarios.measure(svc, sc, args.duration, args.warmup)
-                rows.append(row)
-                print(
-                    f"[service] {mode} {sc.name}: {row['crops_per_s']:,.0f} crops/s, "
-                    f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, failed {row['failed']}",
-                    flush=True,
-                )
-            out[mode] = {"env": env, "workers": int(env.get("OMR_WORKERS", 0)) or container_cpus(), "scenarios": rows}
-            if not env:
-                floor = scenarios.http_floor(svc, args.duration)
-                out[mode]["http_floor"] = floor
-                print(f"[service] GET /healthz: {floor['rps']:,.0f} req/s, "
-                      f"{floor['cpu_us_per_request']:.0f} µs service CPU per request", flush=True)  # fmt: skip
-    return out
+    config = load_config(version_dir)
+    sess = ceiling.session(ceiling.variants(version_dir)[args.variant])
+    with contextlib.ExitStack() as stack:
+        svcs = {
+            mode: stack.enter_context(
+                server.running({**base_env, **env}, log_path=Path(args.out) / f"service-{mode}.log")
+            )
+            for mode, env in SERVICE_MODES.items()
+        }
+        peers = _start_peers(stack, single.bodies[0].data, version_dir, args, result)
 
+        def svc_step(mode: str, sc: scenarios.Scenario) -> rounds.Step:
+            return rounds.Step(mode, sc.name, lambda: scenarios.measure(svcs[mode], sc, args.duration, args.warmup))
 
-def run_reference(pool: CropPool, version_dir: Path, args: argparse.Namespace, peer: str) -> dict[str, object]:
-    """One peer (`torchserve` or `naive`, `loadtest.reference`) under the sheet and single-crop shapes (same
-    bodies, same wrk), or why it could not run."""
-    sheet = scenarios.sheets_json(pool, args.sheet_crops, args.sheet_clients)
-    single = scenarios.single_json(pool, args.single_clients)
-    start = reference.running if peer == "torchserve" else reference.running_naive
-    try:
-        with start(version_dir, single.bodies[0].data, Path(args.out) / f"{peer}.log") as ref:
-            rows = []
-            for sc in (sheet, single):
-                row = {"scenario": sc.name, "description": sc.description,
-                       **reference.measure(ref, list(sc.bodies), sc.connections, sc.crops_per_request,
-                                           args.duration, args.warmup)}  # fmt: skip
-                rows.append(row)
-                print(f"[{peer}] {sc.name}: {row['crops_per_s']:,.0f} crops/s, p50 {row['p50_ms']:.1f} ms, "
-                      f"p99 {row['p99_ms']:.1f} ms, failed {row['failed']}", flush=True)  # fmt: skip
-            return {"server": ref.name, "scenarios": rows}
-    except (reference.ReferenceUnavailable, OSError, RuntimeError) as exc:
-        print(f"[{peer}] unavailable: {exc}", file=sys.stderr, flush=True)
-        return {"skipped": f"{type(exc).__name__}: {exc}"}
+        def peer_step(key: str, sc: scenarios.Scenario) -> rounds.Step:
+            def run() -> dict[str, object]:
+                row = reference.measure(peers[key], list(sc.bodies), sc.connections, sc.crops_per_request,
+                                        args.duration, args.warmup)  # fmt: skip
+                return {"scenario": sc.name, "description": sc.description, **row}
+
+            return rounds.Step(key, sc.name, run)
+
+        cores_ceiling = rounds.Step("ceiling", args.variant, lambda: ceiling.parallel_pipeline_rate(
+            sess, config, pool.b64, args.sheet_crops, container_cpus(), max(2.0, 2 * args.min_cpu_s)))  # fmt: skip
+        steps = [cores_ceiling, svc_step("batching_on", sheet)]
+        steps += [peer_step(k, sheet) for k in ("baseline", "reference") if k in peers]
+        steps.append(svc_step("batching_on", single))
+        steps += [peer_step(k, single) for k in ("reference", "baseline") if k in peers]
+        steps += [svc_step("batching_on", raw), svc_step("batching_on", idle)]
+        steps += [svc_step(mode, sc) for mode in ("one_worker", "batching_off") for sc in shapes[mode]]
+        got = rounds.run_rounds(steps, args.rounds)
+        floor = scenarios.http_floor(svcs["batching_on"], args.duration)
+        print(f"[service] GET /healthz: {floor['rps']:,.0f} req/s, "
+              f"{floor['cpu_us_per_request']:.0f} µs service CPU per request", flush=True)  # fmt: skip
+    service: dict[str, object] = {}
+    for mode, env in SERVICE_MODES.items():
+        service[mode] = {"env": env, "workers": int(env.get("OMR_WORKERS", 0)) or container_cpus(),
+                         "scenarios": [got[(mode, sc.name)] for sc in shapes[mode]]}  # fmt: skip
+    service["batching_on"]["http_floor"] = floor  # type: ignore[index]
+    result["service"] = service
+    for key, _ in PEER_SERVERS:
+        if key in peers:
+            result[key] = {"server": peers[key].name, "scenarios": [got[(key, sc.name)] for sc in (sheet, single)]}
+    result["ceiling"][args.variant]["pipeline_parallel"] = got[("ceiling", args.variant)]  # type: ignore[index]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,6 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variant", default="fp32", help="variant the service serves (OMR_MODEL_VARIANT)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each run")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (figures: the rounds' medians)")
     p.add_argument("--min-cpu-s", type=float, default=1.0, help="CPU-seconds per in-process measurement")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=list(ceiling.BATCH_SIZES))
     p.add_argument("--sheet-crops", type=int, default=64)
@@ -198,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             wrkrun.wrk_path()
-            result["service"] = run_service(pool, args)
-            for key, peer in (("reference", "torchserve"), ("baseline", "naive")):
-                result[key] = (
-                    {"skipped": "--no-reference"} if args.no_reference else run_reference(pool, version_dir, args, peer)
-                )
+            run_servers(pool, version_dir, args, result)
         except wrkrun.WrkMissingError as exc:
             print(f"[bench] {exc}", file=sys.stderr)
             result["service"] = {"skipped": str(exc)}

@@ -105,6 +105,8 @@ def running(version_dir: Path, probe_body: bytes, log_path: Path, batch_size: in
         (work / "config.properties").write_text(
             f"inference_address=http://{HOST}:{port}\nmanagement_address=http://{HOST}:{mgmt}\n"
             f"metrics_address=http://{HOST}:{metrics}\ndisable_token_authorization=true\n"
+            # its once-a-minute system-metrics script would land in the other servers' measured minutes
+            "disable_system_metrics=true\n"
             "enable_envvars_config=false\ninstall_py_dep_per_model=false\ndefault_workers_per_model=1\n"
             f"models={{\"{MODEL}\": {{\"1\": {{\"marName\": \"{MODEL}.mar\", \"minWorkers\": 1, \"maxWorkers\": 1, "
             f"\"batchSize\": {batch_size}, \"maxBatchDelay\": {max_delay_ms}, \"responseTimeout\": 30}}}}}}\n"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadtest import rounds
+
 TARGET_MODEL = 20_000.0  # crops/s/core, in-process, default model
 TARGET_FRACTION = 0.50  # service sheet traffic / in-process decode+infer ceiling
 TARGET_BATCHING = 3.0  # single-crop traffic, batching on / off
@@ -281,4 +283,5 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if extra:
         lines += ["", "Also: " + "; ".join(extra) + "."]
+    lines += rounds.table(result, PEERS, _fmt)
     return "\n".join(lines) + "\n"

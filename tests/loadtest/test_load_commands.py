@@ -48,7 +48,7 @@ def test_run_exits_nonzero_when_slo_missed(tmp_path: Path) -> None:
 def test_bench_measures_every_shape(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = _run(["loadtest.bench", "--duration", "1", "--warmup", "0", "--min-cpu-s", "0.05", "--batch-sizes", "1",
-                 "64", "--pool", "64", "--out", str(out)])  # fmt: skip
+                 "64", "--pool", "64", "--rounds", "2", "--out", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = orjson.loads((out / "bench.json").read_bytes())
     assert [r["batch"] for r in result["ceiling"]["fp32"]["model"]] == [1, 64]
@@ -59,10 +59,13 @@ def test_bench_measures_every_shape(tmp_path: Path) -> None:
         ("one_worker", "sheets"), ("one_worker", "single"),
     }  # fmt: skip
     assert all(r["failed"] == 0 and r["crops_per_s"] > 0 for r in rows.values())
+    assert all(len(r["rounds"]) == 2 for r in rows.values())  # every server measured in each interleaved round
+    assert len(result["ceiling"]["fp32"]["pipeline_parallel"]["rounds"]) == 2  # the cores' ceiling too
     assert result["service"]["batching_on"]["http_floor"]["rps"] > 0  # plain GETs through the same Lua script
     # the naive FastAPI baseline needs nothing beyond the service's own packages: it always runs
     base = {r["scenario"]: r for r in result["baseline"]["scenarios"]}
     assert set(base) == {"sheets", "single"} and all(r["failed"] == 0 and r["crops_per_s"] > 0 for r in base.values())
     names = {t["name"] for t in result["summary"]["targets"]}
     assert len(names) == len(result["summary"]["targets"]) >= 4  # one row per target, each named once
-    assert "**Targets**" in (out / "bench.md").read_text()
+    md = (out / "bench.md").read_text()
+    assert "**Targets**" in md and "**Rounds**" in md
