@@ -34,7 +34,7 @@ import orjson
 
 from loadtest import ceiling, reference, report, rounds, scenarios, server, wrkrun
 from loadtest.crops import CropPool
-from service.core.modelconfig import list_versions, load_config
+from service.core.modelconfig import ModelConfig, list_versions, load_config
 from service.serve.cpus import container_cpus
 from service.settings import BUNDLED_REPOSITORY
 
@@ -65,6 +65,20 @@ def machine() -> dict[str, object]:
     }
 
 
+def _cores_ceiling(
+    sess: ort.InferenceSession, config: ModelConfig, pool: CropPool, args: argparse.Namespace
+) -> dict[str, float]:
+    """The in-process ceiling of the cores given: one decode+model thread per core at once (`ceiling.py`)."""
+    return ceiling.parallel_pipeline_rate(
+        sess,
+        config,
+        pool.b64,
+        args.sheet_crops,
+        container_cpus(),
+        max(2.0, 2 * args.min_cpu_s),  # type: ignore[arg-type]
+    )
+
+
 def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> dict[str, object]:
     config = load_config(version_dir)
     out: dict[str, object] = {}
@@ -83,9 +97,7 @@ def run_ceiling(version_dir: Path, pool: CropPool, args: argparse.Namespace) -> 
             "best_batch": top.batch,
             "best_crops_per_s_per_core": top.per_core,
             "pipeline": pipes,
-            "pipeline_parallel": ceiling.parallel_pipeline_rate(
-                sess, config, pool.b64, args.sheet_crops, container_cpus(), max(2.0, 2 * args.min_cpu_s)
-            ),
+            "pipeline_parallel": _cores_ceiling(sess, config, pool, args),
         }
         print(f"[ceiling] {variant}: best {top.per_core:,.0f} crops/s/core at batch {top.batch}", flush=True)
     return out
@@ -145,8 +157,7 @@ def run_servers(pool: CropPool, version_dir: Path, args: argparse.Namespace, res
 
             return rounds.Step(key, sc.name, run)
 
-        cores_ceiling = rounds.Step("ceiling", args.variant, lambda: ceiling.parallel_pipeline_rate(
-            sess, config, pool.b64, args.sheet_crops, container_cpus(), max(2.0, 2 * args.min_cpu_s)))  # fmt: skip
+        cores_ceiling = rounds.Step("ceiling", args.variant, lambda: _cores_ceiling(sess, config, pool, args))
         steps = [cores_ceiling, svc_step("batching_on", sheet)]
         steps += [peer_step(k, sheet) for k in ("baseline", "reference") if k in peers]
         steps.append(svc_step("batching_on", single))
